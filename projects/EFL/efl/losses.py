@@ -1,0 +1,261 @@
+"""Equalized Focal Loss (Li et al., "Equalized Focal Loss for Dense Long-Tailed Object
+Detection", CVPR 2022) with its per-class gradient statistics.
+
+For logits z (M anchors x K classes) and one-hot targets y, with p = sigmoid(z):
+
+    gamma_j = gamma_b + s * (1 - g_j)          (focusing factor of class j)
+    w_j     = gamma_j / gamma_b                (weighting factor of class j)
+    loss    = sum_ij alpha_t * w_j * (1 - p_t)^gamma_j * CE(p_t) / normalizer
+
+g_j = clamp(pos_j / (neg_j + 1e-10), 0, 1), where pos_j / neg_j accumulate, over all
+iterations and all workers, |dL_total/dz| of the entries of column j whose target is 1 / 0.
+"""
+
+import contextlib
+import logging
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+try:  # summaries go to Detectron2's EventStorage when one is open
+    from detectron2.utils.events import get_event_storage
+except ImportError:  # pragma: no cover - the loss itself does not need Detectron2
+    get_event_storage = None
+
+__all__ = ["EqualizedFocalLoss", "equalized_focal_loss", "FREQUENCY_GROUPS"]
+
+logger = logging.getLogger(__name__)
+
+FREQUENCY_GROUPS = ("r", "c", "f")  # LVIS: rare, common, frequent
+_EPS = 1e-10
+
+
+def equalized_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma: torch.Tensor,
+    weight: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
+    """The readable reference: elementwise EFL.
+
+    Args:
+        logits, targets: (M, K) floating tensors, targets in {0, 1}.
+        gamma, weight: (K,) focusing and weighting factors (no gradient flows into them).
+        alpha: balance of positives (alpha) against negatives (1 - alpha).
+    Returns:
+        (M, K) loss of every entry, unreduced.
+    """
+    # With x = z for negatives and -z for positives: CE(p_t) = -log p_t = softplus(x) and
+    # (1 - p_t)^gamma = sigmoid(x)^gamma = exp(-gamma * softplus(-x)). These forms keep
+    # float32 accurate to ~1e-7 where sigmoid(x).pow(gamma), for gamma up to 10, is not.
+    x = logits * (1 - 2 * targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    modulator = torch.exp(-gamma * F.softplus(-x))
+    return alpha_t * weight * modulator * F.softplus(x)
+
+
+class _GradientStatisticsTap(torch.autograd.Function):
+    """Identity on the logits; its backward hands dL_total/dz to the loss module, which
+    turns it into per-class statistics. Only a backward pass updates the state."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, efl):
+        ctx.efl = efl
+        ctx.save_for_backward(targets)
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (targets,) = ctx.saved_tensors
+        g = grad.detach().abs()
+        positives = (g * targets).sum(dim=0)
+        negatives = (g * (1 - targets)).sum(dim=0)
+        ctx.efl.accumulate_statistics(positives, negatives)
+        return grad, None, None
+
+
+class EqualizedFocalLoss(nn.Module):
+    """Equalized Focal Loss with its gradient-driven per-class state.
+
+    State (float32 buffers of shape (K,), saved in ``state_dict``): ``pos_grad`` and
+    ``neg_grad``, the cumulative gradient magnitudes of positive and negative entries,
+    and ``pos_neg`` (g), their clamped ratio. The state starts at g = 1, i.e. focal loss.
+
+    Args:
+        num_classes: K, the number of foreground classes (the logits' second dim).
+        gamma_b: base focusing factor (> 0).
+        scale_factor: s, how strongly imbalance raises a class's focusing factor (>= 0).
+        alpha: positive/negative balance in [0, 1].
+        class_groups: optional length-K sequence of 'r'/'c'/'f' (LVIS frequency groups);
+            with it, the mean g and gamma of each group are put into Detectron2's
+            EventStorage (when one is open) as ``efl/pos_neg_<group>`` and
+            ``efl/gamma_<group>``.
+
+    Set ``update_statistics = False`` to freeze the state (e.g. for gradcheck).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        gamma_b: float = 2.0,
+        scale_factor: float = 8.0,
+        alpha: float = 0.25,
+        class_groups: Optional[Sequence[str]] = None,
+    ):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        if not gamma_b > 0:
+            raise ValueError(f"gamma_b must be > 0; got gamma_b={gamma_b!r}")
+        if not scale_factor >= 0:
+            raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1]; got alpha={alpha!r}")
+        self.num_classes = num_classes
+        self.gamma_b = float(gamma_b)
+        self.scale_factor = float(scale_factor)
+        self.alpha = float(alpha)
+        self.update_statistics = True
+        self.num_nonfinite_steps = 0
+
+        self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
+        self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
+        self.register_buffer("pos_neg", torch.ones(num_classes, dtype=torch.float32))
+
+        self.group_names = ()
+        if class_groups is not None:
+            class_groups = list(class_groups)
+            if len(class_groups) != num_classes:
+                raise ValueError(
+                    f"class_groups must give one of {FREQUENCY_GROUPS} per class "
+                    f"({num_classes} entries); got {len(class_groups)} entries"
+                )
+            unknown = sorted({str(g) for g in class_groups} - set(FREQUENCY_GROUPS))
+            if unknown:
+                raise ValueError(
+                    f"class_groups entries must be one of {FREQUENCY_GROUPS}; got {unknown}"
+                )
+            self.group_names = tuple(g for g in FREQUENCY_GROUPS if g in class_groups)
+            masks = torch.tensor(
+                [[c == g for c in class_groups] for g in self.group_names], dtype=torch.float32
+            )
+            # (G, K) rows of 1/|group| over the group's classes: masks @ x = group means.
+            self.register_buffer("_group_means", masks / masks.sum(1, keepdim=True), persistent=False)
+
+    @property
+    def gamma(self) -> torch.Tensor:
+        """(K,) focusing factor of each class from the current state."""
+        return self.gamma_b + self.scale_factor * (1 - self.pos_neg)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(K,) weighting factor of each class from the current state."""
+        return self.gamma / self.gamma_b
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
+            f"scale_factor={self.scale_factor}, alpha={self.alpha}"
+        )
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        normalizer: Union[float, torch.Tensor] = 1.0,
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits: (M, K) float logits of the valid anchors (ignored anchors removed).
+            targets: (M, K) one-hot targets in {0, 1}; background rows are all zero.
+            normalizer: the loss is divided by it (e.g. the number of positive anchors).
+        Returns:
+            0-dim tensor: sum of EFL over all entries / normalizer, in float32 (float64
+            for float64 logits) whatever the input precision or autocast state.
+        """
+        self._check_inputs(logits, targets, normalizer)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        autocast_off = (
+            torch.autocast(device_type=logits.device.type, enabled=False)
+            if torch.amp.is_autocast_available(logits.device.type)
+            else contextlib.nullcontext()
+        )
+        with autocast_off:
+            z = logits.to(dtype)
+            y = targets.to(dtype)
+            if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
+                z = _GradientStatisticsTap.apply(z, y, self)
+            gamma = self.gamma.to(dtype)
+            loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
+            if isinstance(normalizer, torch.Tensor):
+                normalizer = normalizer.to(dtype)
+            loss = loss / normalizer
+        self._put_summaries()
+        return loss
+
+    @torch.no_grad()
+    def accumulate_statistics(self, positives: torch.Tensor, negatives: torch.Tensor) -> None:
+        """Add one step's per-class gradient magnitudes (each (K,)) to the state.
+
+        Sums them over all workers first, so every worker holds the same state. A step
+        whose statistics are not finite (e.g. an overflowing AMP step) is not added.
+        """
+        stats = torch.stack([positives, negatives]).to(self.pos_grad.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stats)
+        if not bool(torch.isfinite(stats).all()):
+            self.num_nonfinite_steps += 1
+            if self.num_nonfinite_steps == 1:
+                logger.warning(
+                    "EqualizedFocalLoss: non-finite gradient reached the logits; this step "
+                    "is not added to the gradient statistics (later ones are counted in "
+                    "num_nonfinite_steps without another warning)."
+                )
+            return
+        self.pos_grad += stats[0]
+        self.neg_grad += stats[1]
+        self.pos_neg.copy_((self.pos_grad / (self.neg_grad + _EPS)).clamp_(0, 1))
+
+    def _check_inputs(self, logits, targets, normalizer) -> None:
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            raise ValueError(
+                f"logits must be a floating-point tensor of shape (M, {self.num_classes}); "
+                f"got {type(logits).__name__} {getattr(logits, 'dtype', '')}"
+            )
+        if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape:
+            raise ValueError(
+                "logits and targets must have the same shape (M, K); got logits "
+                f"{tuple(logits.shape)} and targets {tuple(getattr(targets, 'shape', ()))}"
+            )
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"logits must have shape (M, num_classes={self.num_classes}); "
+                f"got {tuple(logits.shape)}"
+            )
+        if targets.dtype != torch.bool and not bool(((targets == 0) | (targets == 1)).all()):
+            bad = targets[(targets != 0) & (targets != 1)][:3].tolist()
+            raise ValueError(f"targets must be one-hot in {{0, 1}}; got values such as {bad}")
+        if not isinstance(normalizer, torch.Tensor) and not normalizer > 0:
+            raise ValueError(f"normalizer must be > 0; got normalizer={normalizer!r}")
+
+    def _put_summaries(self) -> None:
+        """A few scalars per iteration (never one per class) when an EventStorage is open."""
+        if get_event_storage is None or not self.training:
+            return
+        try:
+            storage = get_event_storage()
+        except AssertionError:  # no EventStorage open: not inside a Detectron2 trainer
+            return
+        g, gamma = self.pos_neg, self.gamma
+        names = ["efl/pos_neg_all", "efl/gamma_all"]
+        values = [g.mean(), gamma.mean()]
+        if self.group_names:
+            names += [f"efl/pos_neg_{n}" for n in self.group_names]
+            names += [f"efl/gamma_{n}" for n in self.group_names]
+            values += [self._group_means @ g, self._group_means @ gamma]
+        values = torch.cat([v.reshape(-1) for v in values]).tolist()  # one device sync
+        storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)
