@@ -47,7 +47,9 @@ log "installing $TORCH_PACKAGES"
 # shellcheck disable=SC2086
 "${PIP[@]}" install -q $TORCH_PIP_ARGS $TORCH_PACKAGES "setuptools>=77,<81" wheel
 
-if "$VENV/bin/python" -c "import detectron2" 2>/dev/null; then
+# A Detectron2 whose native module lacks even the informational functions is an older
+# stand-in of this script: rebuild it.
+if "$VENV/bin/python" -c "import detectron2._C as C; C.get_compiler_version()" 2>/dev/null; then
   log "detectron2 already installed"
   [ -f "$VENV/.efl-detectron2-source" ] || echo "preinstalled Detectron2" > "$VENV/.efl-detectron2-source"
 else
@@ -74,12 +76,23 @@ else
     "${PIP[@]}" download -q --no-deps --no-build-isolation "$D2_FALLBACK" -d "$work"
     tar -xzf "$work"/pb1-detectron2-*.tar.gz -C "$work"
     src="$(find "$work" -maxdepth 1 -type d -name 'pb1-detectron2-*' | head -n1)"
-    # The sdist lacks detectron2/layers/csrc; an empty extension module lets it build.
-    # Only deformable conv, rotated boxes and the fast COCO eval need the real one, and
+    # The sdist lacks detectron2/layers/csrc. A stand-in module with only the two
+    # informational functions (collect_env_info, run by default_setup, calls them) lets
+    # it build; deformable conv, rotated boxes and the fast COCO eval stay missing, and
     # nothing in this project calls them.
     mkdir -p "$src/detectron2/layers/csrc"
-    printf '#include <torch/extension.h>\nPYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}\n' \
-      > "$src/detectron2/layers/csrc/vision.cpp"
+    cat > "$src/detectron2/layers/csrc/vision.cpp" <<'CPP'
+#include <torch/extension.h>
+// Stand-in for Detectron2's native ops, which PyPI's pb1-detectron2 does not ship.
+std::string get_compiler_version() { return "GCC " __VERSION__ " (native ops not built)"; }
+std::string get_cuda_version() { return "not built"; }
+bool has_cuda() { return false; }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("get_compiler_version", &get_compiler_version);
+  m.def("get_cuda_version", &get_cuda_version);
+  m.def("has_cuda", &has_cuda);
+}
+CPP
     MAX_JOBS=2 "${PIP[@]}" install -q --no-build-isolation --no-deps "$src"
     # v0.6 uses Image.LINEAR, removed in Pillow 10 (fixed on Detectron2 main).
     "${PIP[@]}" install -q "Pillow<10"

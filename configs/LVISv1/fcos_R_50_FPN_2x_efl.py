@@ -1,0 +1,7 @@
+"""EFL FCOS R-50-FPN on LVIS v1: fcos_R_50_FPN_2x_focal.py with Equalized Focal Loss."""
+
+from ..common.efl import use_efl
+from .fcos_R_50_FPN_2x_focal import dataloader, lr_multiplier, model, optimizer, train
+
+use_efl(model, train_dataset="lvis_v1_train", gamma_b=2.0, scale_factor=8.0, alpha=0.25)
+train.output_dir = "./output/lvis_v1/fcos_R_50_FPN_2x_efl"

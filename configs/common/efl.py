@@ -1,0 +1,20 @@
+"""Turn a stock RetinaNet/FCOS config into its EFL twin: same everything, EFL loss."""
+
+from detectron2.config import LazyCall as L
+
+from efl import EFLFCOS, EFLRetinaNet, EqualizedFocalLoss
+from efl.data.lvis import frequency_groups
+
+
+def use_efl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0, alpha=0.25):
+    """Switch ``model`` (a LazyCall of RetinaNet or FCOS) to its EFL subclass in place."""
+    name = model._target_.__name__
+    model._target_ = {"RetinaNet": EFLRetinaNet, "FCOS": EFLFCOS}[name]
+    model.efl = L(EqualizedFocalLoss)(
+        num_classes="${..num_classes}",
+        gamma_b=gamma_b,
+        scale_factor=scale_factor,
+        alpha=alpha,
+        class_groups=L(frequency_groups)(dataset_name=train_dataset, required=False),
+    )
+    return model

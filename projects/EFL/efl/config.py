@@ -1,0 +1,48 @@
+"""YAML-config support for users of Detectron2's ``DefaultTrainer`` (LazyConfig users set
+the same values directly on ``model.efl``)."""
+
+from detectron2.config import CfgNode as CN
+
+from .losses import EqualizedFocalLoss
+
+__all__ = ["add_efl_config", "efl_from_config"]
+
+
+def add_efl_config(cfg) -> None:
+    """Add ``MODEL.EFL`` (and, when the Detectron2 version has none, ``MODEL.FCOS``)."""
+    cfg.MODEL.EFL = CN()
+    cfg.MODEL.EFL.GAMMA_B = 2.0
+    cfg.MODEL.EFL.SCALE_FACTOR = 8.0
+    cfg.MODEL.EFL.ALPHA = 0.25
+    # Put mean g / gamma of the LVIS r/c/f groups of DATASETS.TRAIN[0] into EventStorage.
+    cfg.MODEL.EFL.USE_FREQUENCY_GROUPS = True
+
+    if "FCOS" not in cfg.MODEL:  # Detectron2 v0.6 has no FCOS options
+        cfg.MODEL.FCOS = CN()
+        cfg.MODEL.FCOS.NUM_CLASSES = 80
+        cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+        cfg.MODEL.FCOS.NUM_CONVS = 4
+        cfg.MODEL.FCOS.HEAD_NORM = "GN"
+        cfg.MODEL.FCOS.PRIOR_PROB = 0.01
+        cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+        cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+        cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+        cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+        cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+        cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+
+
+def efl_from_config(cfg, num_classes: int) -> EqualizedFocalLoss:
+    """The ``EqualizedFocalLoss`` described by ``cfg.MODEL.EFL`` for ``num_classes``."""
+    from .data.lvis import frequency_groups
+
+    groups = None
+    if cfg.MODEL.EFL.USE_FREQUENCY_GROUPS and len(cfg.DATASETS.TRAIN):
+        groups = frequency_groups(cfg.DATASETS.TRAIN[0], required=False)
+    return EqualizedFocalLoss(
+        num_classes,
+        gamma_b=cfg.MODEL.EFL.GAMMA_B,
+        scale_factor=cfg.MODEL.EFL.SCALE_FACTOR,
+        alpha=cfg.MODEL.EFL.ALPHA,
+        class_groups=groups,
+    )

@@ -1,0 +1,23 @@
+"""Datasets: LVIS-format registration and checks (:mod:`efl.data.lvis`), the embedded
+long-tailed synthetic dataset (:mod:`efl.data.synthetic`) and its registration
+(:mod:`efl.data.builtin`)."""
+
+from . import builtin  # noqa: F401  (registers synthetic_lt_{train,val})
+from .lvis import (
+    DatasetFilesMissing,
+    build_train_loader,
+    frequency_groups,
+    prepare_datasets,
+    register_lvis_format,
+)
+from .synthetic import SyntheticLongTailConfig, generate_synthetic_lvis
+
+__all__ = [
+    "DatasetFilesMissing",
+    "build_train_loader",
+    "frequency_groups",
+    "prepare_datasets",
+    "register_lvis_format",
+    "SyntheticLongTailConfig",
+    "generate_synthetic_lvis",
+]

@@ -1,0 +1,96 @@
+"""FCOS whose classification loss is Equalized Focal Loss; nothing else changes."""
+
+import torch
+import torch.nn.functional as F
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.fcos import FCOSHead
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
+
+from ..compat import FCOS, group_norm
+from ..config import efl_from_config
+from ..losses import EqualizedFocalLoss
+from .retinanet import check_efl_matches
+
+__all__ = ["EFLFCOS"]
+
+
+@META_ARCH_REGISTRY.register()
+class EFLFCOS(FCOS):
+    """Detectron2's FCOS with ``loss_fcos_cls`` computed by :class:`EqualizedFocalLoss`.
+
+    Like :class:`EFLRetinaNet`: the loss is the submodule ``efl`` and the normaliser is
+    FCOS's own EMA of the positive count. Built from YAML through ``MODEL.FCOS`` (added by
+    :func:`efl.config.add_efl_config`, since Detectron2 v0.6 has no FCOS options).
+    """
+
+    @configurable
+    def __init__(self, *, efl: EqualizedFocalLoss, **kwargs):
+        super().__init__(**kwargs)
+        check_efl_matches(efl, self.num_classes)
+        self.efl = efl
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        fcos = cfg.MODEL.FCOS
+        feature_shapes = [shapes[f] for f in fcos.IN_FEATURES]
+        head = FCOSHead(
+            input_shape=feature_shapes,
+            num_classes=fcos.NUM_CLASSES,
+            conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
+            norm=group_norm if fcos.HEAD_NORM == "GN" else fcos.HEAD_NORM,
+            prior_prob=fcos.PRIOR_PROB,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": fcos.IN_FEATURES,
+            "num_classes": fcos.NUM_CLASSES,
+            "center_sampling_radius": fcos.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": fcos.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": fcos.FOCAL_LOSS_GAMMA,
+            "test_score_thresh": fcos.SCORE_THRESH_TEST,
+            "test_topk_candidates": fcos.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": fcos.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "efl": efl_from_config(cfg, fcos.NUM_CLASSES),
+        }
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+               pred_centerness):
+        """Same inputs and outputs as :meth:`FCOS.losses`."""
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 300)
+
+        # FCOS has no ignored anchors: every (image, anchor) row goes into the loss.
+        targets = F.one_hot(gt_labels, num_classes=self.num_classes + 1)[..., :-1]
+        logits = torch.cat(pred_logits, dim=1)
+        loss_cls = self.efl(logits.flatten(0, 1), targets.flatten(0, 1), normalizer)
+
+        # v0.6 passes Boxes, main passes tensors: the box loss takes tensors either way.
+        box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in gt_boxes]
+        loss_box_reg = _dense_box_regression_loss(
+            anchors, self.box2box_transform, pred_anchor_deltas, box_tensors, pos_mask,
+            box_reg_loss_type="giou",
+        )
+        ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
+        pred_centerness = torch.cat(pred_centerness, dim=1).squeeze(dim=2)  # (N, R)
+        ctrness_loss = F.binary_cross_entropy_with_logits(
+            pred_centerness[pos_mask], ctrness_targets[pos_mask], reduction="sum"
+        )
+        return {
+            "loss_fcos_cls": loss_cls,
+            "loss_fcos_loc": loss_box_reg / normalizer,
+            "loss_fcos_ctr": ctrness_loss / normalizer,
+        }
