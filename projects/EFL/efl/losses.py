@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import fused_equalized_focal_loss
+
 try:  # summaries go to Detectron2's EventStorage when one is open
     from detectron2.utils.events import get_event_storage
 except ImportError:  # pragma: no cover - the loss itself does not need Detectron2
@@ -94,6 +96,9 @@ class EqualizedFocalLoss(nn.Module):
             with it, the mean g and gamma of each group are put into Detectron2's
             EventStorage (when one is open) as ``efl/pos_neg_<group>`` and
             ``efl/gamma_<group>``.
+        implementation: "fused" (default: ``efl.kernels``, two passes over the logits, no
+            (M, K) temporaries kept) or "reference" (the readable ``equalized_focal_loss``
+            under autograd); both give the same loss, gradient and state.
 
     Set ``update_statistics = False`` to freeze the state (e.g. for gradcheck).
     """
@@ -105,6 +110,7 @@ class EqualizedFocalLoss(nn.Module):
         scale_factor: float = 8.0,
         alpha: float = 0.25,
         class_groups: Optional[Sequence[str]] = None,
+        implementation: str = "fused",
     ):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -115,10 +121,16 @@ class EqualizedFocalLoss(nn.Module):
             raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1]; got alpha={alpha!r}")
+        if implementation not in ("fused", "reference"):
+            raise ValueError(
+                "implementation must be 'fused' or 'reference'; "
+                f"got implementation={implementation!r}"
+            )
         self.num_classes = num_classes
         self.gamma_b = float(gamma_b)
         self.scale_factor = float(scale_factor)
         self.alpha = float(alpha)
+        self.implementation = implementation
         self.update_statistics = True
         self.num_nonfinite_steps = 0
 
@@ -185,12 +197,19 @@ class EqualizedFocalLoss(nn.Module):
             else contextlib.nullcontext()
         )
         with autocast_off:
-            z = logits.to(dtype)
-            y = targets.to(dtype)
-            if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
-                z = _GradientStatisticsTap.apply(z, y, self)
             gamma = self.gamma.to(dtype)
-            loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
+            if self.implementation == "fused":
+                # The statistics are taken in backward, as the tap below does.
+                statistics = self if self.update_statistics else None
+                loss = fused_equalized_focal_loss(
+                    logits, targets, gamma, gamma / self.gamma_b, self.alpha, statistics
+                )
+            else:
+                z = logits.to(dtype)
+                y = targets.to(dtype)
+                if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
+                    z = _GradientStatisticsTap.apply(z, y, self)
+                loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
             if isinstance(normalizer, torch.Tensor):
                 normalizer = normalizer.to(dtype)
             loss = loss / normalizer

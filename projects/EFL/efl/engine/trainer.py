@@ -193,9 +193,14 @@ class Trainer(TrainerBase):
         """``run_info.json``: what the report tools need to read this folder."""
         test_name = dataset_names(self.cfg.dataloader.test)[0]
         meta = MetadataCatalog.get(test_name)
+        model = _unwrap(self.model)
+        efl = getattr(model, "efl", None)
         info = {
-            "meta_architecture": type(_unwrap(self.model)).__name__,
-            "num_classes": getattr(_unwrap(self.model), "num_classes", None),
+            "meta_architecture": type(model).__name__,
+            "num_classes": getattr(model, "num_classes", None),
+            "efl": None if efl is None else {
+                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor, "alpha": efl.alpha,
+            },
             "train_datasets": dataset_names(self.cfg.dataloader.train),
             "test_dataset": test_name,
             "test_json": meta.get("json_file"),
