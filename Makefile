@@ -3,9 +3,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test
+.PHONY: setup test demo
 setup:
 	bash scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)

@@ -1,5 +1,6 @@
 """Stock Detectron2 RetinaNet (focal loss) on the embedded long-tailed synthetic dataset:
-a small ResNet-18-FPN (P3-P5) trained from scratch on CPU. Its twin retinanet_efl.py
+a half-width ResNet-18-FPN (P3-P5) trained from scratch on CPU (~0.3 s/iteration at
+batch 8 on 2 cores, ~10 minutes for 2000 iterations). Its twin retinanet_efl.py
 differs only in the classification loss. The data (synthetic_lt_*) is generated under
 $DETECTRON2_DATASETS/synthetic_lt on first use."""
 
@@ -9,6 +10,8 @@ import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.evaluation import LVISEvaluator
+from detectron2.modeling.backbone import BasicStem, ResNet
+from detectron2.modeling.backbone.resnet import BasicBlock
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
@@ -18,13 +21,22 @@ from ..common.models.retinanet import model
 from ..common.optim import SGD as optimizer
 from ..common.train import train
 
-# ----- model: ResNet-18 + FPN P3-P5 with 64 channels, BatchNorm, from scratch -----------
+# ----- model: a half-width ResNet-18 + FPN P3-P5 (64 channels), BatchNorm, from scratch --
 model.num_classes = 120
+WIDTHS = [32, 64, 128, 256]  # ResNet-18's stage widths halved: ~4x fewer FLOPs on CPU
 bottom_up = model.backbone.bottom_up
-bottom_up.stages.depth = 18
-del bottom_up.stages.stride_in_1x1  # a bottleneck-only option
-bottom_up.stages.norm = "BN"
-bottom_up.stem.norm = "BN"
+bottom_up.stem = L(BasicStem)(in_channels=3, out_channels=WIDTHS[0], norm="BN")
+bottom_up.stages = [
+    L(ResNet.make_stage)(
+        block_class=BasicBlock,
+        num_blocks=2,
+        in_channels=WIDTHS[max(i - 1, 0)],
+        out_channels=WIDTHS[i],
+        stride_per_block=[1 if i == 0 else 2, 1],
+        norm="BN",
+    )
+    for i in range(4)
+]
 bottom_up.freeze_at = 0
 model.backbone.out_channels = 64
 model.backbone.top_block = None
@@ -61,7 +73,7 @@ dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", 
 
 # ----- schedule -------------------------------------------------------------------------
 optimizer.lr = 0.02
-train.max_iter = 1500
+train.max_iter = 2000
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 500
 train.log_period = 20
@@ -70,8 +82,8 @@ train.seed = 0
 train.output_dir = "./output/synthetic/retinanet_focal"
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[1100, 1400], num_updates=train.max_iter
+        values=[1.0, 0.1, 0.01], milestones=[1500, 1850], num_updates=train.max_iter
     ),
-    warmup_length=100 / train.max_iter,
+    warmup_length=200 / train.max_iter,
     warmup_factor=0.001,
 )
