@@ -1,0 +1,222 @@
+"""The fused EFL path (efl.kernels) against the readable reference: loss, gradient and the
+three state buffers over several steps, upstream weights, half inputs, non-finite steps,
+gradcheck, and agreement of the compiled kernels with their eager fallback.
+
+Compiling costs seconds per dtype, once per process (the compiled kernels are cached at
+module level); the shapes here are small."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from efl import EqualizedFocalLoss, kernels
+
+K = 37
+
+
+@pytest.fixture(params=["compiled", "eager"])
+def backend(request):
+    if request.param == "compiled" and not kernels._compile_supported():
+        pytest.skip("torch.compile is not supported here")
+    previous = kernels.set_backend(request.param)
+    yield request.param
+    kernels.set_backend(previous)
+
+
+def batch(seed, num_anchors, num_classes=K, dtype=torch.float32, background=0.7):
+    """Logits (M, K) spread over [-12, 8] and one-hot targets; the last class never
+    positive (so gamma reaches gamma_b + s = 10 there)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_anchors, num_classes, generator=gen, dtype=torch.float64) * 3 - 2
+    logits = logits.clamp(-12, 8)
+    labels = torch.randint(0, num_classes - 1, (num_anchors,), generator=gen)
+    fg = torch.rand(num_anchors, generator=gen) > background
+    targets = torch.zeros(num_anchors, num_classes, dtype=dtype)
+    targets[fg, labels[fg]] = 1
+    return logits.to(dtype), targets
+
+
+def rel_err(actual, expected):
+    actual = actual.detach().double().cpu().numpy()
+    expected = expected.detach().double().cpu().numpy()
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-30))
+
+
+def pair(**kwargs):
+    fused = EqualizedFocalLoss(K, **kwargs)
+    reference = EqualizedFocalLoss(K, implementation="reference", **kwargs)
+    return fused, reference
+
+
+@pytest.mark.parametrize("upstream", [1.0, 3.5, -2.0])
+def test_fused_matches_float64_reference_over_steps(backend, upstream):
+    """float32 fused path vs the reference run on float64 logits, 4 steps: loss, grad and
+    pos_grad / neg_grad / pos_neg within 1e-6 (max-norm relative)."""
+    fused, reference = pair()
+    for step, (m, normalizer) in enumerate([(300, 9.0), (517, 1.0), (260, 23.5), (401, 4.0)]):
+        logits, targets = batch(step, m)
+        z = logits.clone().requires_grad_(True)
+        z64 = logits.double().requires_grad_(True)
+        loss = fused(z, targets, normalizer)
+        loss64 = reference(z64, targets.double(), normalizer)
+        (loss * upstream).backward()
+        (loss64 * upstream).backward()
+        assert loss.dtype == torch.float32 and z.grad.dtype == torch.float32
+        errs = {
+            "loss": rel_err(loss, loss64),
+            "grad": rel_err(z.grad, z64.grad),
+            **{n: rel_err(getattr(fused, n), getattr(reference, n))
+               for n in ("pos_grad", "neg_grad", "pos_neg")},
+        }
+        assert max(errs.values()) < 1e-6, (step, errs)
+    assert fused.pos_neg[-1].item() == 0.0 and fused.gamma[-1].item() == pytest.approx(10.0)
+    assert fused.pos_neg.max() > 0.0  # the state moved
+
+
+def test_half_inputs_give_half_gradient_and_float32_statistics(backend):
+    fused, reference = pair()
+    logits, targets = batch(10, 400)
+    half = logits.half().requires_grad_(True)
+    half_ref = half.detach().clone().requires_grad_(True)
+    loss = fused(half, targets.half(), 7.0)
+    loss_ref = reference(half_ref, targets.half(), 7.0)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-6, atol=0)
+    (loss * 1024.0).backward()  # as under a gradient scaler
+    (loss_ref * 1024.0).backward()
+    assert half.grad.dtype == torch.float16
+    torch.testing.assert_close(half.grad, half_ref.grad, rtol=1e-3, atol=0)
+    for name in ("pos_grad", "neg_grad", "pos_neg"):
+        assert rel_err(getattr(fused, name), getattr(reference, name)) < 1e-6, name
+
+
+def test_nonfinite_upstream_gradient_is_not_accumulated(backend, caplog):
+    fused, reference = pair()
+    logits, targets = batch(11, 300)
+    z = logits.clone().requires_grad_(True)
+    (fused(z, targets, 3.0)).backward()  # one finite step first
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="efl.losses"):
+        for scale in (float("inf"), float("nan")):
+            (fused(z, targets, 3.0) * scale).backward()
+    assert fused.num_nonfinite_steps == 2
+    for k, v in fused.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert not torch.isfinite(z.grad).all()
+
+
+def test_frozen_state_and_forward_only(backend):
+    fused, _ = pair()
+    logits, targets = batch(12, 300)
+    z = logits.clone().requires_grad_(True)
+    fused(z, targets)  # forward without backward
+    fused.update_statistics = False
+    fused(z, targets).backward()
+    assert torch.equal(fused.pos_neg, torch.ones(K))
+    assert torch.equal(fused.pos_grad, torch.zeros(K))
+    assert torch.equal(fused.neg_grad, torch.zeros(K))
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_gradcheck_through_fused_path(backend):
+    efl = EqualizedFocalLoss(5, scale_factor=4.0)
+    efl.pos_neg.copy_(torch.tensor([1.0, 0.5, 0.1, 0.0, 0.9]))
+    efl.update_statistics = False
+    logits, targets = batch(13, 12, num_classes=5, dtype=torch.float64, background=0.5)
+    logits.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: efl(z, targets, 3.0), (logits,))
+
+
+def test_compiled_and_eager_kernels_agree(monkeypatch):
+    """Both backends against the float64 evaluation, on more rows than Inductor's float32
+    sums stay accurate for (hence the float64 accumulators)."""
+    if not kernels._compile_supported():
+        pytest.skip("torch.compile is not supported here")
+    monkeypatch.setattr(kernels, "_EAGER_BLOCK_ELEMENTS", 1000 * K)  # several eager blocks
+    logits, targets = batch(14, 6000)
+    gamma = 2.0 + 8.0 * torch.rand(K, generator=torch.Generator().manual_seed(0))
+    scale = torch.tensor(0.37)
+
+    def run(backend, dtype):
+        previous = kernels.set_backend(backend)
+        try:
+            z, g = logits.to(dtype), gamma.to(dtype)
+            loss = kernels.efl_loss_sum(z, targets, g, g / 2.0, 0.25)
+            grad, pos, neg = kernels.efl_grad_and_statistics(
+                z, targets, g, g / 2.0, 0.25, scale.to(dtype)
+            )
+        finally:
+            kernels.set_backend(previous)
+        return loss, grad, pos, neg
+
+    expected = run("eager", torch.float64)
+    for backend in ("compiled", "eager"):
+        out = run(backend, torch.float32)
+        errs = [rel_err(a, b) for a, b in zip(out, expected)]
+        assert max(errs) < 1e-6, (backend, errs)
+    # the per-class sums: positives are exactly the entries with target 1
+    _, grad, pos, neg = expected
+    torch.testing.assert_close(pos, (grad.abs() * targets).sum(0))
+    torch.testing.assert_close(neg, (grad.abs() * (1 - targets)).sum(0))
+
+
+def test_new_anchor_count_does_not_recompile():
+    if not kernels._compile_supported():
+        pytest.skip("torch.compile is not supported here")
+    from torch._dynamo.utils import counters
+
+    previous = kernels.set_backend("compiled")
+    try:
+        gamma = torch.full((K,), 3.0)
+        for m in (300, 517):  # compiled already (dynamic shapes) by the tests above or here
+            logits, targets = batch(15, m)
+            kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
+        before = sum(counters["stats"].values())
+        for m in (333, 1234, 4096):
+            logits, targets = batch(15, m)
+            kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
+        assert sum(counters["stats"].values()) == before, dict(counters["stats"])
+    finally:
+        kernels.set_backend(previous)
+
+
+def test_failed_compile_falls_back_once(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_compile_failed", set())
+    monkeypatch.setattr(kernels, "_MIN_COMPILE_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "_compile_supported", lambda: True)
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    previous = kernels.set_backend("auto")
+    try:
+        fused, reference = pair()
+        logits, targets = batch(16, 200)
+        with caplog.at_level(logging.WARNING, logger="efl.kernels"):
+            for _ in range(2):
+                z = logits.clone().requires_grad_(True)
+                z_ref = logits.clone().requires_grad_(True)
+                fused(z, targets, 2.0).backward()
+                reference(z_ref, targets, 2.0).backward()
+                assert rel_err(z.grad, z_ref.grad) < 1e-6
+        assert sum("torch.compile failed" in r.message for r in caplog.records) == 1
+        assert rel_err(fused.pos_neg, reference.pos_neg) < 1e-6
+    finally:
+        kernels.set_backend(previous)
+
+
+def test_bool_targets_and_bad_arguments():
+    fused, reference = pair()
+    logits, targets = batch(17, 100)
+    loss = fused(logits, targets.bool(), 2.0)
+    torch.testing.assert_close(loss, reference(logits, targets, 2.0), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="implementation.*'cuda'"):
+        EqualizedFocalLoss(3, implementation="cuda")
+    with pytest.raises(ValueError, match="backend.*'fast'"):
+        kernels.set_backend("fast")

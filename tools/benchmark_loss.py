@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Benchmark the classification loss on LVIS-shaped inputs: forward + backward time and
+peak memory of fvcore's ``sigmoid_focal_loss_jit`` (the baseline Detectron2 uses), the
+readable EFL (``implementation="reference"``) and the fast EFL (``"fused"``, the default).
+
+The logits are what a RetinaNet head produces for a batch: 9 anchors per location on FPN
+levels P3-P7 (strides 8..128), images padded to a multiple of 32, K = 1203 classes; about
+0.15% of the anchors are positives with one-hot targets. The EFL times include the
+per-class statistics update (it happens in backward) and the module's input checks.
+
+    python tools/benchmark_loss.py             # 2 images at 800x1333 (needs ~26 GB free)
+    python tools/benchmark_loss.py --quick     # < 1 min smoke run, 1 image at 224x224
+    python tools/benchmark_loss.py --num-images 1 --device cuda
+
+The last line always holds the ratios to the baseline measured in the same run.
+"""
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
+
+from fvcore.nn import sigmoid_focal_loss_jit  # noqa: E402
+
+from efl import EqualizedFocalLoss  # noqa: E402
+from efl import kernels  # noqa: E402
+
+STRIDES = (8, 16, 32, 64, 128)  # P3-P7
+BASELINE_PEAK_FACTOR = 14  # inputs (2) + measured focal-jit peak (11) + slack, in M*K tensors
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--num-images", type=int, default=2, help="images per batch")
+    p.add_argument("--image-size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
+    p.add_argument("--size-divisibility", type=int, default=32, help="images padded to this")
+    p.add_argument("--anchors-per-location", type=int, default=9)
+    p.add_argument("--num-classes", type=int, default=1203)
+    p.add_argument("--positive-fraction", type=float, default=0.0015)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true",
+                   help="1 image at 224x224, 1 warm-up, 3 repeats (under a minute on 2 cores)")
+    p.add_argument("--force", action="store_true", help="run even if memory looks too small")
+    args = p.parse_args()
+    if args.quick:
+        args.num_images, args.image_size, args.warmup, args.repeats = 1, (224, 224), 1, 3
+    return args
+
+
+def anchor_count(args):
+    """Anchors of the batch and the arithmetic behind it, as text."""
+    d = args.size_divisibility
+    h, w = (math.ceil(s / d) * d for s in args.image_size)
+    # Each level halves the previous one (stride-2 convs with padding 1 give ceil(x / 2)),
+    # so level sizes are ceil(padded size / stride).
+    levels = [(s, math.ceil(h / s), math.ceil(w / s)) for s in STRIDES]
+    locations = sum(fh * fw for _, fh, fw in levels)
+    per_image = locations * args.anchors_per_location
+    m = per_image * args.num_images
+    text = (
+        f"images {args.image_size[0]}x{args.image_size[1]} padded to {h}x{w}; levels "
+        + ", ".join(f"P{int(math.log2(s))} {fh}x{fw}" for s, fh, fw in levels)
+        + f" = {locations} locations x {args.anchors_per_location} anchors = {per_image} "
+        f"anchors/image x {args.num_images} images = M = {m} anchors; "
+        f"M x K = {m} x {args.num_classes} = {m * args.num_classes:,} logits"
+    )
+    return m, text
+
+
+def make_inputs(args, m, device, dtype):
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    k = args.num_classes
+    # Logits around the classifier's prior (bias -log((1 - 0.01) / 0.01) = -4.6).
+    logits = (torch.randn(m, k, generator=gen) * 1.5 - 4.6).to(device=device, dtype=dtype)
+    num_pos = max(1, round(m * args.positive_fraction))
+    rows = torch.randperm(m, generator=gen)[:num_pos]
+    # Long-tailed labels: class c drawn with probability ~ 1 / (c + 1).
+    probs = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)
+    labels = torch.multinomial(probs, num_pos, replacement=True, generator=gen)
+    targets = torch.zeros(m, k, dtype=dtype, device=device)
+    targets[rows.to(device), labels.to(device)] = 1
+    return logits, targets, float(num_pos)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def one_step(fn, z, targets, normalizer, device):
+    z.grad = None
+    t = time.perf_counter()
+    fn(z, targets, normalizer).backward()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def peak_memory(fn, z, targets, normalizer, device):
+    """Peak bytes allocated above what existed before one forward + backward (inputs not
+    counted; the gradient written into z.grad is)."""
+    z.grad = None
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn(z, targets, normalizer).backward()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn(z, targets, normalizer).backward()
+        events = sorted(
+            (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+            key=lambda e: e.start_ns(),
+        )
+        current = peak = 0
+        for e in events:
+            current += e.nbytes()
+            peak = max(peak, current)
+    z.grad = None
+    return peak
+
+
+def memcpy_bandwidth(logits, targets, device, repeats):
+    """Bytes/s of dst.copy_(src) for the logits and the targets (read + write counted)."""
+    dsts = [torch.empty_like(logits), torch.empty_like(targets)]
+    moved = 2 * (logits.nbytes + targets.nbytes)
+    times = []
+    for i in range(repeats + 1):
+        sync(device)
+        t = time.perf_counter()
+        dsts[0].copy_(logits)
+        dsts[1].copy_(targets)
+        sync(device)
+        if i:  # the first copy also faults the destination pages in
+            times.append(time.perf_counter() - t)
+    return moved / statistics.median(times), statistics.median(times)
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    m, arithmetic = anchor_count(args)
+    k = args.num_classes
+    tensor_bytes = m * k * dtype.itemsize
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"dtype {args.dtype}, kernels backend {kernels.get_backend()}")
+    print(arithmetic)
+    need = BASELINE_PEAK_FACTOR * tensor_bytes
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        free = info.get("MemAvailable", need)
+    if need > 0.9 * free and not args.force:
+        sys.exit(
+            f"The baseline needs about {need / 2**30:.1f} GiB ({BASELINE_PEAK_FACTOR} tensors "
+            f"of {tensor_bytes / 2**30:.2f} GiB) but {free / 2**30:.1f} GiB are available; "
+            "use fewer images (--num-images), a smaller --image-size, --quick, or --force."
+        )
+
+    logits, targets, normalizer = make_inputs(args, m, device, dtype)
+    num_pos = int(normalizer)
+    print(f"positives: {num_pos} ({num_pos / m:.3%} of anchors, one-hot, long-tailed classes); "
+          f"normalizer = {num_pos}; one (M, K) {args.dtype} tensor = "
+          f"{tensor_bytes / 2**20:.0f} MiB")
+
+    state_gen = torch.Generator().manual_seed(args.seed + 1)
+    state = torch.rand(k, generator=state_gen)  # mid-training: g_j in [0, 1]
+    efl_ref = EqualizedFocalLoss(k, implementation="reference").to(device)
+    efl_fast = EqualizedFocalLoss(k).to(device)
+    for efl in (efl_ref, efl_fast):
+        efl.pos_neg.copy_(state)
+        efl.train()
+
+    def focal(z, y, n):
+        return sigmoid_focal_loss_jit(z, y, alpha=0.25, gamma=2.0, reduction="sum") / n
+
+    methods = [
+        ("focal_jit", "fvcore sigmoid_focal_loss_jit (baseline)", focal),
+        ("reference", "EFL implementation='reference'", efl_ref),
+        ("fast", "EFL implementation='fused'", efl_fast),
+    ]
+    z = logits.clone().requires_grad_(True)
+    results = {}
+    for key, label, fn in methods:
+        first = one_step(fn, z, targets, normalizer, device)  # includes compiling for "fast"
+        for _ in range(max(0, args.warmup - 1)):
+            one_step(fn, z, targets, normalizer, device)
+        times = [one_step(fn, z, targets, normalizer, device) for _ in range(args.repeats)]
+        peak = peak_memory(fn, z, targets, normalizer, device)
+        results[key] = dict(first=first, median=statistics.median(times), peak=peak)
+        print(f"{label:42s} fwd+bwd median {statistics.median(times):8.4f} s "
+              f"(min {min(times):.4f}, first call {first:.3f} s); peak {peak / 2**20:9.1f} MiB "
+              f"= {peak / tensor_bytes:5.2f} x one (M, K) tensor")
+    compile_s = results["fast"]["first"] - results["fast"]["median"]
+    print(f"fast EFL first call: {results['fast']['first']:.2f} s, i.e. ~{compile_s:.2f} s of "
+          "tracing/compiling (once per process, dtype and device; Inductor's on-disk cache "
+          "shortens it on later runs)")
+
+    # Where the fast EFL's time goes: the module's input checks, then the two kernels.
+    gamma = efl_fast.gamma.to(torch.promote_types(dtype, torch.float32))
+    scale = torch.ones((), dtype=gamma.dtype, device=device) / normalizer
+    parts = {
+        "the module's input checks (_check_inputs)":
+            lambda: efl_fast._check_inputs(logits, targets, normalizer),
+        "forward kernel (loss sum)":
+            lambda: kernels.efl_loss_sum(logits, targets, gamma, gamma / 2.0, 0.25),
+        "backward kernel (gradient + statistics)":
+            lambda: kernels.efl_grad_and_statistics(
+                logits, targets, gamma, gamma / 2.0, 0.25, scale),
+    }
+    for label, fn in parts.items():
+        times = []
+        for _ in range(args.repeats):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t)
+        print(f"  fast EFL part: {label}: median {statistics.median(times):.4f} s")
+
+    bandwidth, copy_s = memcpy_bandwidth(logits, targets, device, args.repeats)
+    counted = 3 * tensor_bytes  # read logits + targets once, write the gradient once
+    achieved = counted / results["fast"]["median"]
+    print(f"memcpy (dst.copy_(src) of logits and targets): {copy_s:.4f} s, "
+          f"{bandwidth / 1e9:.2f} GB/s (read + write counted)")
+    print(f"fast EFL: counting one read of logits and targets and one write of the gradient "
+          f"({counted / 1e9:.2f} GB): {achieved / 1e9:.2f} GB/s = {achieved / bandwidth:.1%} of "
+          "memcpy (it really reads logits and targets twice and the gradient once more)")
+    print("memory: " + (
+        "torch.cuda.max_memory_allocated above the allocation before the step"
+        if device.type == "cuda" else
+        "CPU allocator events from torch.profiler(profile_memory=True), peak of the running "
+        "sum over one step"
+    ) + "; the inputs are not counted, the gradient is")
+
+    base = results["focal_jit"]
+    r = {key: (results[key]["median"] / base["median"], results[key]["peak"] / base["peak"])
+         for key in ("reference", "fast")}
+    print(
+        f"RATIOS vs focal_jit (same run): fast time {r['fast'][0]:.3f} mem {r['fast'][1]:.3f} | "
+        f"reference time {r['reference'][0]:.3f} mem {r['reference'][1]:.3f} | "
+        f"fast bandwidth {achieved / bandwidth:.3f} of memcpy"
+    )
+
+
+if __name__ == "__main__":
+    main()
