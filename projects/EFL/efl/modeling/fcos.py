@@ -13,7 +13,7 @@ from detectron2.utils.events import get_event_storage
 from ..compat import FCOS, group_norm
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
-from .retinanet import check_efl_matches
+from .retinanet import check_efl_matches, foreground_one_hot
 
 __all__ = ["EFLFCOS"]
 
@@ -74,9 +74,8 @@ class EFLFCOS(FCOS):
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 300)
 
         # FCOS has no ignored anchors: every (image, anchor) row goes into the loss.
-        targets = F.one_hot(gt_labels, num_classes=self.num_classes + 1)[..., :-1]
-        logits = torch.cat(pred_logits, dim=1)
-        loss_cls = self.efl(logits.flatten(0, 1), targets.flatten(0, 1), normalizer)
+        targets = foreground_one_hot(gt_labels.flatten(), self.num_classes)  # (N * R, K)
+        loss_cls = self.efl(torch.cat(pred_logits, dim=1).flatten(0, 1), targets, normalizer)
 
         # v0.6 passes Boxes, main passes tensors: the box loss takes tensors either way.
         box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in gt_boxes]

@@ -1,7 +1,6 @@
 """RetinaNet whose classification loss is Equalized Focal Loss; nothing else changes."""
 
 import torch
-import torch.nn.functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import cat
@@ -12,7 +11,19 @@ from detectron2.utils.events import get_event_storage
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
 
-__all__ = ["EFLRetinaNet", "check_efl_matches"]
+__all__ = ["EFLRetinaNet", "check_efl_matches", "foreground_one_hot"]
+
+
+def foreground_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(M,) labels in [0, K], K meaning background -> (M, K) bool one-hot targets.
+
+    Bool (1 byte per entry) rather than ``F.one_hot``'s int64: with K = 1203 that is
+    ~100 MB instead of ~800 MB per batch, and the loss need not check the values.
+    """
+    targets = torch.zeros(labels.shape[0], num_classes, dtype=torch.bool, device=labels.device)
+    rows = torch.nonzero(labels < num_classes).squeeze(1)
+    targets[rows, labels[rows]] = True
+    return targets
 
 
 def check_efl_matches(efl, num_classes: int) -> None:
@@ -62,8 +73,7 @@ class EFLRetinaNet(RetinaNet):
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
 
-        # One-hot targets without the background column: (R_valid, K).
-        targets = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
+        targets = foreground_one_hot(gt_labels[valid_mask], self.num_classes)  # (R_valid, K)
         loss_cls = self.efl(cat(pred_logits, dim=1)[valid_mask], targets, normalizer)
 
         loss_box_reg = _dense_box_regression_loss(

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Seconds per training iteration: stock Detectron2 RetinaNet vs EFLRetinaNet.
+
+Both models come from configs/Synthetic/retinanet_{focal,efl}.py (same weights, same
+batch of random images and boxes); only the classification loss differs. Iterations of
+the two models are interleaved so that machine noise hits both alike; the median of each
+is reported, and the ratio EFL / stock is the last line printed.
+
+    python tools/benchmark_train.py                 # K = 1203 (LVIS), batch 8, 128 px
+    python tools/benchmark_train.py --quick         # < 1 minute
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-classes", type=int, default=1203)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per model")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="batch 4, 10 iterations")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args()
+
+
+def build(kind, num_classes, device):
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(os.path.join(ROOT, f"configs/Synthetic/retinanet_{kind}.py"))
+    cfg.model.num_classes = num_classes
+    if "efl" in cfg.model:
+        cfg.model.efl.class_groups = None
+    torch.manual_seed(0)
+    return instantiate(cfg.model).to(device).train()
+
+
+def random_batch(batch, size, num_classes, device, seed=0):
+    from detectron2.structures import Boxes, Instances
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        n = 4
+        xy = torch.rand(n, 2, generator=gen) * size * 0.6
+        wh = 16 + torch.rand(n, 2, generator=gen) * 28
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1).to(device))
+        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=gen).to(device)
+        image = torch.randint(0, 255, (3, size, size), generator=gen).float().to(device)
+        out.append({"image": image, "instances": inst})
+    return out
+
+
+def step(model, optimizer, data):
+    from detectron2.utils.events import EventStorage
+
+    start = time.perf_counter()
+    with EventStorage():
+        loss = sum(model(copy.copy(data)).values())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if torch.cuda.is_available() and next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    args = parse_args()
+    if args.quick:
+        args.batch, args.iters, args.warmup = 4, 10, 2
+    models = {k: build(k, args.num_classes, args.device) for k in ("focal", "efl")}
+    models["efl"].load_state_dict(models["focal"].state_dict(), strict=False)
+    optims = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
+    data = random_batch(args.batch, args.image_size, args.num_classes, args.device)
+    print(f"RetinaNet (configs/Synthetic, half-width R-18-FPN P3-P5), K={args.num_classes}, "
+          f"batch {args.batch} x {args.image_size}px, device {args.device}, "
+          f"{torch.get_num_threads()} threads")
+    times = {k: [] for k in models}
+    for i in range(args.warmup + args.iters):
+        for k in ("focal", "efl") if i % 2 == 0 else ("efl", "focal"):
+            t = step(models[k], optims[k], data)
+            if i >= args.warmup:
+                times[k].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"stock RetinaNet (sigmoid_focal_loss_jit): {med['focal']:.3f} s/iter (median of {args.iters})")
+    print(f"EFLRetinaNet (fused EFL):                 {med['efl']:.3f} s/iter (median of {args.iters})")
+    print(f"EFLRetinaNet / RetinaNet time per iteration: {med['efl'] / med['focal']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
