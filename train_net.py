@@ -6,33 +6,60 @@
     python train_net.py --config-file ... --eval-only train.init_checkpoint=output/.../model_final.pth
     python train_net.py --config-file ... --resume          # continue from last_checkpoint
 
-Multi-machine: Detectron2's --num-machines M --machine-rank R --dist-url tcp://HOST:PORT.
-Without CUDA, --num-gpus N starts N CPU processes that talk over gloo.
+``--resume`` after a crash or kill continues exactly where the last checkpoint left off
+(same final weights as an uninterrupted run). Multi-machine: Detectron2's
+--num-machines M --machine-rank R --dist-url tcp://HOST:PORT. Without CUDA, --num-gpus N
+starts N CPU processes that talk over gloo.
+
+Bad input (config key or value, dataset files, images, checkpoints, a diverging loss)
+stops with one paragraph saying what is wrong and how to fix it, and exit status 2.
 """
 
 import logging
 import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
+from efl.checkpoint import EFLCheckpointer
 from efl.compat import launch
-from efl.engine import Trainer
+from efl.engine import Trainer, load_config
 from efl.errors import InputError
 
 logger = logging.getLogger("efl.train_net")
+_CONFIGS = {}  # (config file, overrides) -> config loaded in this process
+
+
+def setup_config(args):
+    """The config with its command-line overrides, checked (ConfigError); loaded once per
+    process (a config file may register datasets)."""
+    key = (args.config_file, tuple(args.opts))
+    if key not in _CONFIGS:
+        _CONFIGS[key] = load_config(args.config_file, args.opts)
+    return _CONFIGS[key]
+
+
+def report(error: InputError) -> None:
+    """The error's message, once per process that met it, without a stack trace."""
+    message = " ".join(str(error).split())
+    if comm.get_world_size() > 1 and not comm.is_main_process():
+        message = f"[rank {comm.get_rank()}] {message}"
+    if logging.getLogger("efl").handlers and comm.is_main_process():
+        logger.error(message)  # console and log.txt
+    else:
+        print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
 
 def main(args):
-    cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
-    default_setup(cfg, args)
     try:
+        cfg = setup_config(args)
+        default_setup(cfg, args)
+        setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="efl",
+                     abbrev_name="efl")
         if args.eval_only:
             model = Trainer.build_model(cfg)
-            DetectionCheckpointer(model, cfg.train.output_dir).resume_or_load(
+            EFLCheckpointer(model, cfg.train.output_dir).resume_or_load(
                 cfg.train.init_checkpoint, resume=args.resume
             )
             return Trainer.test(cfg, model)
@@ -40,14 +67,17 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
     except InputError as e:
-        # The message says what is wrong and how to fix it: no stack trace.
-        if comm.is_main_process():
-            logger.error(str(e))
+        report(e)
         sys.exit(2)
 
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
+    try:  # config errors: once, before any process starts
+        setup_config(args)
+    except InputError as e:
+        report(e)
+        sys.exit(2)
     launch(
         main,
         args.num_gpus,

@@ -23,10 +23,15 @@ it mirrors; on Detectron2 main each one is a no-op or equivalent to the upstream
 10. ``FCOS`` has no ``from_config`` and is not registered: ``efl.modeling.fcos`` adds both.
 11. ``np.int`` in ``detectron2/data/build.py`` makes the class histogram silently skip
     (it logs nothing); harmless, left alone.
+12. ``SimpleTrainer`` creates its data iterator in ``__init__`` (main creates it lazily,
+    ``_data_loader_iter_obj``, and adds ``reset_data_loader``), so a resumed run must
+    restart it after setting the start iteration -> ``restart_data_iterator``.
 """
 
 import logging
 import math
+import os
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -41,7 +46,14 @@ from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
 from detectron2.structures import Boxes
 from detectron2.utils import comm
 
-__all__ = ["restore_numpy_aliases", "group_norm", "FCOS", "launch", "create_ddp_model"]
+__all__ = [
+    "restore_numpy_aliases",
+    "group_norm",
+    "FCOS",
+    "launch",
+    "create_ddp_model",
+    "restart_data_iterator",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +111,14 @@ def create_ddp_model(model: nn.Module, **kwargs) -> nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
+def restart_data_iterator(trainer) -> None:
+    """(12) Make ``SimpleTrainer`` take its next batch from a fresh ``iter(data_loader)``."""
+    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):  # main
+        trainer._data_loader_iter_obj = None
+    else:  # v0.6
+        trainer._data_loader_iter = iter(trainer.data_loader)
+
+
 def launch(
     main_func,
     num_gpus_per_machine: int,
@@ -110,11 +130,25 @@ def launch(
 ):
     """(6) ``detectron2.engine.launch``; without CUDA, the processes use gloo on CPU.
 
-    ``num_gpus_per_machine`` is then the number of CPU processes per machine.
+    ``num_gpus_per_machine`` is then the number of CPU processes per machine; each uses
+    cores / processes threads unless OMP_NUM_THREADS is set (as torchrun does). A process
+    that ends with ``sys.exit(code)`` (e.g. 2 after a clear error message) makes this
+    process exit with the same code, without a stack trace of the launcher.
     """
-    if torch.cuda.is_available():
-        return _d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank,
-                          dist_url, args=args, timeout=timeout)
+    try:
+        if torch.cuda.is_available():
+            return _d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank,
+                              dist_url, args=args, timeout=timeout)
+        return _launch_gloo(main_func, num_gpus_per_machine, num_machines, machine_rank,
+                            dist_url, args, timeout)
+    except mp.ProcessExitedException as e:
+        if e.exit_code is not None and e.exit_code > 0:
+            sys.exit(e.exit_code)
+        raise
+
+
+def _launch_gloo(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args,
+                 timeout):
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
         return main_func(*args)
@@ -135,6 +169,8 @@ def launch(
 
 def _gloo_worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url,
                  args, timeout):
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun: the processes share the cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_machine))
     global_rank = machine_rank * per_machine + local_rank
     dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
                             rank=global_rank, timeout=timeout)

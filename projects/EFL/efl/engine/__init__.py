@@ -1,6 +1,16 @@
-"""Training: the LazyConfig ``Trainer`` and EFL hooks."""
+"""Training: the LazyConfig ``Trainer``, its hooks, and config checks."""
 
-from .hooks import EFLSummaryLogger
+from .config_checks import apply_overrides, check_efl_hyperparameters, load_config
+from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .trainer import Trainer
 
-__all__ = ["Trainer", "EFLSummaryLogger"]
+__all__ = [
+    "Trainer",
+    "EFLSummaryLogger",
+    "ResumeState",
+    "EFLStateSyncCheck",
+    "EvalHook",
+    "load_config",
+    "apply_overrides",
+    "check_efl_hyperparameters",
+]

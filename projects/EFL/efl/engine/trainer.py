@@ -4,18 +4,24 @@ Config layout (Detectron2's LazyConfig convention): ``model``, ``dataloader.trai
 ``dataloader.test``, ``dataloader.evaluator``, ``optimizer``, ``lr_multiplier`` and
 ``train`` (``output_dir``, ``init_checkpoint``, ``max_iter``, ``eval_period``,
 ``log_period``, ``checkpointer``, ``device``, ``seed``, ``amp``, ``ddp``).
+
+Reliability: checkpoints are written atomically (:class:`efl.checkpoint.EFLCheckpointer`)
+and hold everything an exact resume needs (model with EFL state, optimizer, scheduler,
+iteration, data-stream seed, per-rank RNG states and loss normaliser), so killing a run at
+any moment and rerunning it with ``resume_or_load(resume=True)`` gives the weights of an
+uninterrupted run. A NaN/infinite loss stops training (:class:`efl.errors.TrainingDiverged`)
+without writing anything after the last good checkpoint; a failed run is not evaluated.
 """
 
 import json
 import logging
 import os
+import re
 import weakref
 from typing import List
 
 import torch
-from omegaconf import ListConfig
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, default_writers, hooks
@@ -24,13 +30,27 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 
 from .. import compat
+from ..checkpoint import EFLCheckpointer, atomic_write
 from ..data.lvis import prepare_datasets
-from ..errors import InputError
-from .hooks import EFLSummaryLogger
+from ..errors import InputError, TrainingDiverged
+from ..rng import preserve_rng_state
+from .config_checks import check_efl_hyperparameters
+from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 
 __all__ = ["Trainer", "dataset_names"]
 
 logger = logging.getLogger(__name__)
+
+
+class _NoTracebackForInputErrors(logging.Filter):
+    """``TrainerBase.train`` logs every exception with its stack trace; an InputError's
+    message says it all (train_net.py prints it)."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], InputError))
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForInputErrors())
 
 
 def dataset_names(node) -> List[str]:
@@ -49,8 +69,10 @@ class Trainer(TrainerBase):
     Methods follow :class:`detectron2.engine.DefaultTrainer` (build_model,
     build_optimizer, build_lr_scheduler, build_train_loader, build_test_loader,
     build_evaluator, build_hooks, build_writers, test, resume_or_load), so one piece can
-    be overridden in a subclass. Checkpoints (``DetectionCheckpointer``) hold the model
-    (with the EFL state), the optimizer, the LR scheduler's iteration and the iteration.
+    be overridden in a subclass. Checkpoints (``EFLCheckpointer``, a
+    ``DetectionCheckpointer``) hold the model (with the EFL state), the optimizer, the LR
+    scheduler's iteration, the iteration, the data-stream seed and, per rank, the RNG
+    states and loss normaliser (``ResumeState``).
     """
 
     def __init__(self, cfg):
@@ -69,9 +91,7 @@ class Trainer(TrainerBase):
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.train.output_dir, trainer=weakref.proxy(self)
-        )
+        self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.train.max_iter
         self.cfg = cfg
@@ -95,6 +115,7 @@ class Trainer(TrainerBase):
 
     @classmethod
     def build_model(cls, cfg) -> torch.nn.Module:
+        check_efl_hyperparameters(cfg)
         model = instantiate(cfg.model).to(cfg.train.device)
         _check_num_classes(model, dataset_names(cfg.dataloader.train))
         logger.info("Model:\n{}".format(model))
@@ -127,12 +148,15 @@ class Trainer(TrainerBase):
     def build_hooks(self):
         cfg = self.cfg
         main = comm.is_main_process()
+        period = cfg.train.checkpointer.period
         ret = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
+            ResumeState(period),  # every rank, before the checkpointer
+            EFLStateSyncCheck(period) if comm.get_world_size() > 1 else None,
             hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer) if main else None,
             # After the checkpointer: a failed evaluation leaves the checkpoint to debug with.
-            hooks.EvalHook(cfg.train.eval_period, self._test_and_save_results),
+            EvalHook(cfg.train.eval_period, self._test_and_save_results),
             EFLSummaryLogger(cfg.train.log_period) if main else None,
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period) if main else None,
         ]
@@ -144,11 +168,24 @@ class Trainer(TrainerBase):
 
     def resume_or_load(self, resume: bool = True):
         """With ``resume`` and a ``last_checkpoint`` in ``train.output_dir``: continue from it
-        (model, EFL state, optimizer, scheduler, iteration). Otherwise load the model weights
-        of ``train.init_checkpoint`` (if set) and start at iteration 0."""
+        exactly (model, EFL state, optimizer, scheduler, iteration, data stream, RNG states,
+        loss normaliser). Otherwise load the model weights of ``train.init_checkpoint`` (if
+        set; what it does not initialise is logged) and start at iteration 0."""
         self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
+            loader = self.data_loader
+            if hasattr(loader, "start_iter"):
+                loader.start_iter = self.start_iter
+                compat.restart_data_iterator(self._trainer)
+            else:
+                logger.warning(
+                    f"The training loader ({type(loader).__name__}) cannot start at iteration "
+                    f"{self.start_iter}: it restarts its stream, so the images of iterations "
+                    f"0-{self.iter} are seen again. Use efl.data.lvis.build_train_loader."
+                )
+            if comm.is_main_process():
+                _drop_metrics_after(os.path.join(self.cfg.train.output_dir, "metrics.json"), self.iter)
 
     def train(self):
         super().train(self.start_iter, self.max_iter)
@@ -156,17 +193,40 @@ class Trainer(TrainerBase):
 
     def run_step(self):
         self._trainer.iter = self.iter
-        self._trainer.run_step()
+        try:
+            self._trainer.run_step()
+        except FloatingPointError as e:  # SimpleTrainer's check of the all-reduced losses
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+            losses = str(e).strip().splitlines()[-1].replace("loss_dict = ", "")
+            losses = re.sub(r"np\.float\d+\(([^)]*)\)", r"\1", losses)  # numpy 2 reprs
+            raise TrainingDiverged(
+                f"Training stopped at iteration {self.iter}: the loss became NaN or infinite "
+                f"(losses: {losses}). Nothing was saved after the last good checkpoint"
+                + (f", {last}" if last else " (none was written yet)")
+                + ". Lower optimizer.lr or lengthen the warm-up (lr_multiplier), check the "
+                "training boxes, then rerun"
+                + (" with --resume to continue from that checkpoint." if last else ".")
+            ) from None
 
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()  # compat (5): optimizer state
+        if hasattr(self.data_loader, "state_dict"):
+            ret["data_loader"] = self.data_loader.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data_loader" in state_dict and hasattr(self.data_loader, "load_state_dict"):
+            self.data_loader.load_state_dict(state_dict["data_loader"])
+        if "data_loader" not in state_dict or "ResumeState" not in state_dict.get("hooks", {}):
+            logger.warning(
+                "The checkpoint has no data-stream seed or no RNG / loss-normaliser state (it "
+                "was written by an older version): the resumed run continues, but not exactly "
+                "as an uninterrupted run would."
+            )
 
     @classmethod
     def test(cls, cfg, model, evaluator=None):
@@ -182,7 +242,8 @@ class Trainer(TrainerBase):
 
     # ----- outputs ---------------------------------------------------------------------
     def _test_and_save_results(self):
-        self._last_eval_results = self.test(self.cfg, self.model)
+        with preserve_rng_state():  # evaluating must not change what training draws next
+            self._last_eval_results = self.test(self.cfg, self.model)
         if comm.is_main_process():
             done = min(self.iter + 1, self.max_iter)  # self.iter is max_iter in after_train
             record = {"iteration": done, "results": self._last_eval_results}
@@ -225,7 +286,26 @@ def _check_num_classes(model, train_names):
 
 
 def _write_json_atomic(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float).encode()))
+
+
+def _drop_metrics_after(path: str, iteration: int) -> None:
+    """Before resuming after ``iteration``: cut ``metrics.json`` before its first line
+    from a later iteration (or a line cut by the kill); the resumed run writes those again.
+    Truncated in place: Detectron2's JSONWriter already holds the file open for appending."""
+    if not os.path.isfile(path):
+        return
+    offset = 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                if json.loads(line).get("iteration", -1) > iteration:
+                    break
+            except ValueError:
+                break
+            offset += len(line)
+    size = os.path.getsize(path)
+    if offset < size:
+        os.truncate(path, offset)
+        logger.info(f"metrics.json: dropped {size - offset} bytes written after iteration "
+                    f"{iteration} by the interrupted run")

@@ -1,0 +1,216 @@
+"""``EFLCheckpointer``: Detectron2's ``DetectionCheckpointer`` that
+
+- writes every checkpoint and ``last_checkpoint`` atomically (temporary file in the same
+  folder, fsync, rename), so a process killed while saving never leaves a truncated file,
+  let alone one that ``last_checkpoint`` points to; temporaries of killed saves are removed
+  when a run starts;
+- says in the log what a checkpoint did not initialise when it initialises a model
+  (``train.init_checkpoint``): EFL state absent (a stock RetinaNet checkpoint) or for another
+  class count, classifier of another class count, other missing tensors;
+- refuses, on resume, a checkpoint that does not fit the model exactly (CheckpointError
+  naming the tensors), and a missing or unreadable checkpoint file.
+"""
+
+import logging
+import os
+from typing import Callable, List
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from .errors import CheckpointError
+from .losses import EqualizedFocalLoss
+
+__all__ = ["EFLCheckpointer", "atomic_write"]
+
+logger = logging.getLogger(__name__)
+
+_TMP_MARK = ".tmp-"
+
+
+def atomic_write(path: str, write: Callable) -> None:
+    """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to
+    ``path``: readers see the old file or the complete new one, never a partial one."""
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".{base}{_TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:  # make the rename itself durable (power loss); not needed against kills
+        fd = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class EFLCheckpointer(DetectionCheckpointer):
+    """Drop-in for ``DetectionCheckpointer`` (same arguments); see the module docstring."""
+
+    _resuming = False
+    _loading = ""
+
+    # ----- saving ------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if "://" in self.save_dir:  # not a local folder: no atomic rename available
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete temporaries left by saves whose process was killed."""
+        if not self.save_to_disk or not self.save_dir or not os.path.isdir(self.save_dir):
+            return
+        for entry in os.scandir(self.save_dir):
+            if not (entry.name.startswith(".") and _TMP_MARK in entry.name):
+                continue
+            try:
+                pid = int(entry.name.rsplit(_TMP_MARK, 1)[1])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                self.logger.info(f"Removing {entry.path}, left by an interrupted save")
+                os.remove(entry.path)
+
+    # ----- loading -----------------------------------------------------------------------
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        self.remove_stale_temporaries()
+        self._resuming = resume and self.has_checkpoint()
+        try:
+            if self._resuming:
+                path = self.get_checkpoint_file()
+                if "://" not in path and not os.path.isfile(path):
+                    raise CheckpointError(
+                        f"{os.path.join(self.save_dir, 'last_checkpoint')} names {path}, which "
+                        "does not exist. Restore that file, write the name of an existing "
+                        "checkpoint into last_checkpoint, or start without --resume."
+                    )
+                return self.load(path)
+            if path and "://" not in path and not os.path.isfile(path):
+                raise CheckpointError(
+                    f"train.init_checkpoint={path}: file not found. Give the path (or URL) of "
+                    "a Detectron2 checkpoint (.pth or .pkl), or leave it empty to train from "
+                    "scratch."
+                )
+            return self.load(path, checkpointables=[])
+        finally:
+            self._resuming = False
+
+    def load(self, path, *args, **kwargs):
+        self._loading = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename):
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # truncated, not a checkpoint, pickled objects, ...
+            what = "the checkpoint to resume from" if self._resuming else "train.init_checkpoint"
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"Cannot read {what}, {filename}: {type(e).__name__}: {first_line}. "
+                + ("Point last_checkpoint at an older checkpoint in the same folder, or start "
+                   "without --resume." if self._resuming else
+                   "Check that the file is a complete Detectron2 checkpoint.")
+            ) from None
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if self._resuming:
+            self._require_exact_fit(incompatible)
+        else:
+            self._report_fresh(incompatible)
+        return incompatible
+
+    def _require_exact_fit(self, incompatible) -> None:
+        problems = [f"{k} has shape {tuple(c)} in the checkpoint but {tuple(m)} in the model"
+                    for k, c, m in incompatible.incorrect_shapes]
+        reshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore lists them as missing too
+        missing = [k for k in incompatible.missing_keys if k not in reshaped]
+        if missing:
+            problems.append(f"not in the checkpoint: {', '.join(_shorten(missing))}")
+        if incompatible.unexpected_keys:
+            problems.append(f"not in the model: {', '.join(_shorten(incompatible.unexpected_keys))}")
+        if problems:
+            raise CheckpointError(
+                f"Cannot resume from {self._loading}: it does not fit the model ("
+                + "; ".join(problems)
+                + "). --resume continues the run saved in train.output_dir, so the config must "
+                "be the one that run used; to start a new run with these weights use another "
+                "train.output_dir and train.init_checkpoint instead."
+            )
+
+    def _report_fresh(self, incompatible) -> None:
+        """Log one line per part of the model that the checkpoint did not initialise."""
+        efl_prefixes = [
+            f"{n}." for n, m in self.model.named_modules() if isinstance(m, EqualizedFocalLoss)
+        ]
+        shapes = {k: (c, m) for k, c, m in incompatible.incorrect_shapes}
+        missing = set(incompatible.missing_keys) - set(shapes)  # fvcore lists both
+        for prefix in efl_prefixes:
+            keys = [k for k in self.model.state_dict() if k.startswith(prefix)]
+            num_classes = self.model.get_submodule(prefix[:-1]).num_classes
+            if any(k in shapes for k in keys):
+                other = shapes[next(k for k in keys if k in shapes)][0]
+                logger.info(
+                    f"EFL state in checkpoint {self._loading} is for {other[0]} classes, the "
+                    f"model has {num_classes}: {prefix[:-1]} starts from g = 1 (focal loss)."
+                )
+            elif any(k in missing for k in keys):
+                logger.info(
+                    f"EFL state not in checkpoint {self._loading}: {prefix[:-1]} starts from "
+                    f"g = 1 (focal loss) for all {num_classes} classes."
+                )
+        def rest(keys):
+            return [k for k in keys if not any(k.startswith(p) for p in efl_prefixes)]
+
+        fresh = rest(shapes)
+        if fresh:
+            logger.info(
+                f"Initialised fresh, shape differs from checkpoint {self._loading} (e.g. a "
+                "classifier for another class count): "
+                + ", ".join(f"{k} {tuple(shapes[k][0])} -> {tuple(shapes[k][1])}" for k in fresh)
+            )
+        fresh = rest(sorted(missing))
+        if fresh:
+            logger.info(
+                f"Initialised fresh, not in checkpoint {self._loading}: {len(fresh)} tensors "
+                f"({', '.join(_shorten(fresh))})"
+            )
+
+
+def _shorten(keys: List[str], n: int = 6) -> List[str]:
+    return keys[:n] + ([f"... {len(keys) - n} more"] if len(keys) > n else [])

@@ -1,0 +1,134 @@
+"""Checks of a LazyConfig before it runs, as ConfigErrors naming the config key:
+
+- :func:`load_config`: the config file exists and every command-line override names an
+  existing key (``LazyConfig.apply_overrides`` silently adds unknown ones, so a typo such as
+  ``train.max_iterr=5`` would be ignored); a key that a LazyCall node does not list but its
+  target accepts as an argument (e.g. ``model.efl.implementation``) is accepted;
+- :func:`check_efl_hyperparameters`: every ``EqualizedFocalLoss`` node's hyper-parameters
+  are in range (the loss's own checks, reported with the key, e.g. model.efl.scale_factor).
+"""
+
+import difflib
+import inspect
+import os
+from typing import Iterator, List, Sequence, Tuple
+
+from omegaconf import DictConfig, ListConfig
+
+from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
+
+from ..errors import ConfigError
+from ..losses import EqualizedFocalLoss
+
+__all__ = ["load_config", "apply_overrides", "check_efl_hyperparameters"]
+
+
+def load_config(config_file: str, overrides: Sequence[str] = ()):
+    """``LazyConfig.load`` + :func:`apply_overrides` + :func:`check_efl_hyperparameters`."""
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"Config file {config_file} not found (--config-file).")
+    cfg = LazyConfig.load(config_file)
+    apply_overrides(cfg, overrides)
+    check_efl_hyperparameters(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides: Sequence[str]):
+    """``LazyConfig.apply_overrides``, one override at a time, refusing unknown keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except HydraException as e:
+            raise ConfigError(
+                f"Cannot parse the override {text!r} ({str(e).splitlines()[0]}). Overrides are "
+                "key=value, e.g. train.max_iter=100 or 'model.efl.alpha=0.25'."
+            ) from None
+        _check_key(cfg, override.key_or_group, text)
+        LazyConfig.apply_overrides(cfg, [text])
+    return cfg
+
+
+def _target_parameters(target) -> List[str]:
+    """Keyword arguments ``target`` (a class, function or dotted name) accepts; [] when
+    unknown. Follows ``**kwargs`` of ``__init__`` into the base classes."""
+    if isinstance(target, str):
+        target = locate(target)
+    names = []
+    for fn in ([c.__init__ for c in inspect.getmro(target)] if inspect.isclass(target) else [target]):
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return names
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return [n for n in names if n != "self"]
+
+
+def _check_key(cfg, key: str, text: str) -> None:
+    node, path = cfg, []
+    for part in key.split("."):
+        where = ".".join(path) or "the config"
+        if isinstance(node, ListConfig):
+            if part.isdigit() and int(part) < len(node):
+                node, path = node[int(part)], path + [part]
+                continue
+            raise ConfigError(f"{where} is a list of {len(node)} items: {key!r} (in the override "
+                              f"{text!r}) does not name one of them.")
+        if not isinstance(node, DictConfig):
+            raise ConfigError(f"{where} is a value ({node!r}), not a group: cannot set {key!r} "
+                              f"(in the override {text!r}).")
+        keys = [str(k) for k in node.keys()]
+        if part in keys:
+            node, path = node[part], path + [part]
+            continue
+        accepted = _target_parameters(node["_target_"]) if "_target_" in keys else []
+        if part in accepted and part == key.split(".")[-1]:
+            return  # an argument of the LazyCall's target that the config leaves at its default
+        close = difflib.get_close_matches(part, keys + accepted, n=1)
+        hint = f" Did you mean '{'.'.join(path + close)}'?" if close else ""
+        listing = sorted(set(keys + accepted) - {"_target_"})
+        raise ConfigError(
+            f"Unknown config key '{key}' in the override {text!r}: {where} has no key "
+            f"'{part}'.{hint} Keys of {where}: {', '.join(listing)}."
+        )
+
+
+def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for k in node.keys():
+            yield from _lazy_nodes(node._get_node(k), f"{path}.{k}" if path else str(k))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _lazy_nodes(node._get_node(i), f"{path}.{i}")
+
+
+def check_efl_hyperparameters(cfg) -> None:
+    """Instantiate-time ValueErrors of ``EqualizedFocalLoss``, raised now, with the key."""
+    names = ("gamma_b", "scale_factor", "alpha", "implementation")
+    defaults = {n: p.default for n, p in inspect.signature(EqualizedFocalLoss).parameters.items()}
+    for path, node in _lazy_nodes(cfg):
+        target = node._target_
+        if (locate(target) if isinstance(target, str) else target) is not EqualizedFocalLoss:
+            continue
+        given = {n: node[n] for n in names if n in node}
+        try:
+            EqualizedFocalLoss(1, **given)
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            bad = next((n for n in given if f"{n}=" in message or message.startswith(n)), None)
+            bad = bad or next((n for n in given if not isinstance(given[n], (int, float, str))), None)
+            if bad is None:
+                raise ConfigError(f"{path}: {message}.") from None
+            raise ConfigError(
+                f"Config key {path}.{bad}={given[bad]!r} is out of range: {message}. Fix it in "
+                f"the config file or override it, e.g. {path}.{bad}={defaults[bad]!r} (the "
+                "default)."
+            ) from None
