@@ -32,6 +32,18 @@ def tiny_lazy_config(kind: str, prefix: str, output_dir: str, max_iter: int = 4)
     from detectron2.config import LazyConfig
 
     cfg = LazyConfig.load(os.path.join(ROOT, f"configs/Synthetic/retinanet_{kind}.py"))
+    shrink_to_tiny(cfg, prefix, output_dir)
+    cfg.train.max_iter = max_iter
+    cfg.train.checkpointer.period = 2
+    cfg.lr_multiplier.scheduler.milestones = [max_iter - 1]
+    cfg.lr_multiplier.scheduler.values = [1.0, 0.1]
+    cfg.lr_multiplier.warmup_length = 1 / max_iter
+    return cfg
+
+
+def shrink_to_tiny(cfg, prefix: str, output_dir: str):
+    """A configs/Synthetic/ config, in place, on the tiny dataset ``prefix``: K = 12, 32
+    channels, one conv per head tower, batch 2, no loader workers, log every iteration."""
     cfg.model.num_classes = TINY_CLASSES
     cfg.model.backbone.out_channels = 32
     cfg.model.head.input_shape = [{"channels": 32}] * 3
@@ -43,11 +55,6 @@ def tiny_lazy_config(kind: str, prefix: str, output_dir: str, max_iter: int = 4)
     cfg.dataloader.train.total_batch_size = 2
     cfg.dataloader.train.num_workers = 0
     cfg.dataloader.test.num_workers = 0
-    cfg.train.max_iter = max_iter
-    cfg.train.checkpointer.period = 2
     cfg.train.log_period = 1
     cfg.train.output_dir = output_dir
-    cfg.lr_multiplier.scheduler.milestones = [max_iter - 1]
-    cfg.lr_multiplier.scheduler.values = [1.0, 0.1]
-    cfg.lr_multiplier.warmup_length = 1 / max_iter
     return cfg

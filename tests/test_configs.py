@@ -16,6 +16,8 @@ TWINS = [
     ("LVISv1/retinanet_R_50_FPN_2x_focal.py", "LVISv1/retinanet_R_50_FPN_2x_efl.py"),
     ("LVISv1/fcos_R_50_FPN_2x_focal.py", "LVISv1/fcos_R_50_FPN_2x_efl.py"),
     ("Synthetic/retinanet_focal.py", "Synthetic/retinanet_efl.py"),
+    ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_50_FPN_24ep.py"),
+    ("Synthetic/improved_focal.py", "Synthetic/improved_efl.py"),
 ]
 
 
@@ -28,8 +30,12 @@ def test_expected_configs_exist():
     assert {
         "retinanet_R_50_FPN_2x_focal.py", "retinanet_R_50_FPN_2x_efl.py",
         "retinanet_R_101_FPN_2x_efl.py", "fcos_R_50_FPN_2x_focal.py", "fcos_R_50_FPN_2x_efl.py",
+        "efl_improved_R_50_FPN_24ep.py", "efl_improved_R_101_FPN_24ep.py",
+        "focal_improved_R_50_FPN_24ep.py",
     } <= names
-    assert {"retinanet_focal.py", "retinanet_efl.py"} <= {os.path.basename(p) for p in SYNTHETIC}
+    assert {"retinanet_focal.py", "retinanet_efl.py", "improved_focal.py", "improved_efl.py"} <= {
+        os.path.basename(p) for p in SYNTHETIC
+    }
 
 
 @pytest.mark.parametrize("path", LVIS + SYNTHETIC, ids=os.path.basename)
@@ -44,6 +50,8 @@ def test_config_layout_and_model_instantiates(path):
     model = instantiate(cfg.model)
     assert model.max_detections_per_image == 300
     assert model.test_score_thresh <= 1e-3
+    if cfg.train.get("epochs"):  # resolved by the trainer from the loader; any values here
+        cfg.train.epoch_starts = [100 * e for e in range(cfg.train.epochs + 1)]
     instantiate(cfg.lr_multiplier)
     if "efl" in cfg.model:
         assert model.efl.num_classes == model.num_classes
@@ -67,6 +75,74 @@ def test_focal_and_efl_twins_differ_only_in_the_loss(focal, efl):
     assert train_a == train_b
     model_a, model_b = dict(a.model), dict(b.model)
     assert "efl" in model_b and "efl" not in model_a
-    assert model_b.pop("_target_").__name__ == "EFL" + model_a.pop("_target_").__name__
+    target_a, target_b = model_a.pop("_target_").__name__, model_b.pop("_target_").__name__
+    assert target_b == ("ATSSRetinaNet" if target_a == "ATSSRetinaNet" else "EFL" + target_a)
     model_b.pop("efl")
     assert OmegaConf.to_yaml(OmegaConf.create(model_a)) == OmegaConf.to_yaml(OmegaConf.create(model_b))
+
+
+# The authors' recipe ("The authors' detector and recipe"), row by row.
+IMPROVED = ["LVISv1/efl_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_101_FPN_24ep.py",
+            "LVISv1/focal_improved_R_50_FPN_24ep.py"]
+
+
+@pytest.mark.parametrize("path", IMPROVED, ids=os.path.basename)
+def test_improved_recipe_matches_the_authors_table(path):
+    from efl.compat import group_norm
+    from efl.modeling import ATSSAssigner, ATSSHead, ATSSRetinaNet, LastLevelP6P7
+
+    cfg = load(path)
+    m = cfg.model
+    # backbone: ResNet-50/101, frozen BN, stem and res2 frozen
+    depth = 101 if "R_101" in path else 50
+    assert m.backbone.bottom_up.stages.depth == depth
+    assert m.backbone.bottom_up.stages.norm == "FrozenBN" and m.backbone.bottom_up.freeze_at == 2
+    assert cfg.train.init_checkpoint.endswith(f"R-{depth}.pkl")
+    # neck: FPN P3-P7, 256 channels, P6 from C5, no ReLU before P7
+    assert m.backbone.in_features == ["res3", "res4", "res5"] and m.backbone.out_channels == 256
+    top = m.backbone.top_block
+    assert top._target_ is LastLevelP6P7 and top.in_feature == "res5" and top.in_channels == 2048
+    assert top.relu_before_p7 is False
+    assert m.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    # head: 4 x (conv, GN 32, ReLU), IoU branch, prior 0.001
+    assert m.head._target_ is ATSSHead and m.head.conv_dims == [256] * 4
+    assert m.head.norm is group_norm and m.head.prior_prob == 0.001
+    # anchors: 2 per location, aspect 1.0, scales 6 and 8 x stride
+    strides = [8, 16, 32, 64, 128]
+    assert m.anchor_generator.strides == strides and m.anchor_generator.aspect_ratios == [1.0]
+    assert m.anchor_generator.sizes == [[6 * s, 8 * s] for s in strides] and m.head.num_anchors == 2
+    # assignment: ATSS top 18 per level
+    assert m._target_ is ATSSRetinaNet
+    assert m.anchor_matcher._target_ is ATSSAssigner and m.anchor_matcher.topk == 18
+    # loss: EFL (gamma_b 2, s 8, alpha 0.25) or focal (gamma 2, alpha 0.25)
+    if "efl_" in os.path.basename(path):
+        assert (m.efl.gamma_b, m.efl.scale_factor, m.efl.alpha) == (2.0, 8.0, 0.25)
+    else:
+        assert "efl" not in m and (m.focal_loss_gamma, m.focal_loss_alpha) == (2.0, 0.25)
+    # test: no score threshold, top 6000 per level, NMS 0.5, 300 detections, 800 x 1333
+    assert (m.test_score_thresh, m.test_topk_candidates, m.test_nms_thresh) == (0.0, 6000, 0.5)
+    assert m.max_detections_per_image == 300
+    test_resize = cfg.dataloader.test.mapper.augmentations[0]
+    assert (test_resize.short_edge_length, test_resize.max_size) == (800, 1333)
+    # data: 640..800 step 32, max 1333, flip; RFS t = 0.001, ceil rounding
+    resize, flip = cfg.dataloader.train.mapper.augmentations
+    assert list(resize.short_edge_length) == list(range(640, 801, 32)) and resize.max_size == 1333
+    assert resize.sample_style == "choice" and flip.horizontal is True
+    assert cfg.dataloader.train.repeat_thresh == 0.001
+    assert cfg.dataloader.train.repeat_rounding == "ceil"
+    # optimisation: SGD 0.9 / 1e-4, LR 0.02 at batch 16, clip L2 35, 24 epochs, x0.1 at 16, 22
+    assert cfg.optimizer._target_.__name__ == "SGD"
+    assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
+    assert cfg.optimizer.lr == 0.02 and cfg.dataloader.train.total_batch_size == 16
+    assert dict(cfg.train.clip_grad) == {"enabled": True, "max_norm": 35.0, "norm_type": 2.0}
+    assert cfg.train.epochs == 24 and cfg.train.max_iter is None
+    lr = cfg.lr_multiplier
+    assert list(lr.milestones) == [16, 22] and lr.warmup_epochs == 1 and lr.warmup_factor == 0.001
+    # The schedule, with 1000 iterations per epoch: warm-up over epoch 0, then 1, 0.1, 0.01.
+    cfg.train.epoch_starts = [1000 * e for e in range(25)]
+    sched = instantiate(cfg.lr_multiplier)
+    at = lambda it: sched(it / 24000)  # noqa: E731
+    assert abs(at(0) - 0.001) < 1e-9 and 0.4 < at(500) < 0.6
+    assert at(1000) == at(15999) == 1.0
+    assert abs(at(16000) - 0.1) < 1e-12 and abs(at(21999) - 0.1) < 1e-12
+    assert abs(at(22000) - 0.01) < 1e-12 and abs(at(23999) - 0.01) < 1e-12

@@ -1,4 +1,5 @@
-"""Turn a stock RetinaNet/FCOS config into its EFL twin: same everything, EFL loss."""
+"""Turn a stock RetinaNet/FCOS/ATSSRetinaNet config into its EFL twin: same everything,
+EFL loss."""
 
 from detectron2.config import LazyCall as L
 
@@ -7,9 +8,11 @@ from efl.data.lvis import frequency_groups
 
 
 def use_efl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0, alpha=0.25):
-    """Switch ``model`` (a LazyCall of RetinaNet or FCOS) to its EFL subclass in place."""
+    """Switch ``model`` (a LazyCall of RetinaNet or FCOS) to its EFL subclass in place; an
+    ATSSRetinaNet keeps its class and gets the EFL module (it runs focal loss without one)."""
     name = model._target_.__name__
-    model._target_ = {"RetinaNet": EFLRetinaNet, "FCOS": EFLFCOS}[name]
+    if name != "ATSSRetinaNet":
+        model._target_ = {"RetinaNet": EFLRetinaNet, "FCOS": EFLFCOS}[name]
     model.efl = L(EqualizedFocalLoss)(
         num_classes="${..num_classes}",
         gamma_b=gamma_b,

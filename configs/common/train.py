@@ -1,4 +1,4 @@
-# Detectron2's LazyConfig `train` node (as in its configs/common/train.py).
+# Detectron2's LazyConfig `train` node (as in its configs/common/train.py), plus two keys.
 train = dict(
     output_dir="./output",
     init_checkpoint="",
@@ -14,4 +14,10 @@ train = dict(
     log_period=20,
     device="cuda",
     seed=-1,
+    # This project's additions (efl.solver): a schedule in epochs, resolved at start-up to
+    # max_iter and epoch_starts (iteration at which each epoch starts) from the training
+    # loader; and clipping of the total gradient norm.
+    epochs=None,
+    epoch_starts=None,
+    clip_grad=dict(enabled=False, max_norm=35.0, norm_type=2.0),
 )

@@ -1,9 +1,12 @@
 """Equalized Focal Loss for Detectron2 one-stage detectors (Li et al., CVPR 2022)."""
 
 from .losses import EqualizedFocalLoss
-from .config import add_efl_config
-from .modeling import EFLFCOS, EFLRetinaNet
+from .config import add_atss_config, add_efl_config
+from .modeling import ATSSRetinaNet, EFLFCOS, EFLRetinaNet
 
 __version__ = "0.1.0"
 
-__all__ = ["EqualizedFocalLoss", "EFLRetinaNet", "EFLFCOS", "add_efl_config"]
+__all__ = [
+    "EqualizedFocalLoss", "EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "add_efl_config",
+    "add_atss_config",
+]

@@ -5,7 +5,7 @@ from detectron2.config import CfgNode as CN
 
 from .losses import EqualizedFocalLoss
 
-__all__ = ["add_efl_config", "efl_from_config"]
+__all__ = ["add_atss_config", "add_efl_config", "efl_from_config"]
 
 
 def add_efl_config(cfg) -> None:
@@ -30,6 +30,18 @@ def add_efl_config(cfg) -> None:
         cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
         cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
         cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+
+
+def add_atss_config(cfg) -> None:
+    """Add ``MODEL.ATSS`` for ``ATSSRetinaNet`` (and ``MODEL.EFL``). The RetinaNet options
+    (``MODEL.RETINANET.*``: classes, prior, NMS, top-k, ...) keep their meaning."""
+    if "EFL" not in cfg.MODEL:
+        add_efl_config(cfg)
+    cfg.MODEL.ATSS = CN()
+    cfg.MODEL.ATSS.TOPK = 18  # candidate anchors per level and box
+    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = "EFL"  # or "focal"
+    cfg.MODEL.ATSS.HEAD_NORM = "GN"
+    cfg.MODEL.ATSS.RELU_BEFORE_P7 = False  # for build_atss_resnet_fpn_backbone
 
 
 def efl_from_config(cfg, num_classes: int) -> EqualizedFocalLoss:

@@ -121,6 +121,12 @@ class _IterationBatches(IterableDataset):
                 return epoch, iteration - first
             first += n
 
+    def epoch_starts(self, num_epochs: int) -> List[int]:
+        """Iteration at which each of epochs 0..num_epochs starts (num_epochs + 1 entries)."""
+        while len(self._epoch_lengths) < num_epochs:
+            self._epoch_lengths.append(len(self._epoch_batches(len(self._epoch_lengths))))
+        return [int(s) for s in np.cumsum([0] + self._epoch_lengths[:num_epochs])]
+
     def batch_indices(self, iteration: int) -> np.ndarray:
         """Dataset indices of the global batch of ``iteration`` (all ranks)."""
         epoch, row = self._locate(iteration)
@@ -222,6 +228,24 @@ class ResumableTrainLoader:
             if isinstance(batch, _LoaderError):
                 raise ImageUnreadable(batch.message)
             yield batch
+
+    def epoch_starts(self, num_epochs: int) -> List[int]:
+        """Iteration at which each of epochs 0..num_epochs starts (num_epochs + 1 entries):
+        an epoch is one pass over the (repeat-factor expanded) dataset in global batches."""
+        return self.dataset.epoch_starts(num_epochs)
+
+    def describe_epoch(self) -> str:
+        """How an epoch is made, for the log."""
+        d = self.dataset
+        if d._frac_part is None:
+            samples = "no repeat-factor sampling"
+        elif not d._frac_part.any():
+            samples = f"integer repeat factors -> {d._int_part.sum()} samples"
+        else:
+            samples = (f"repeat factors rounded stochastically -> "
+                       f"~{(d._int_part + d._frac_part).sum():.0f} samples")
+        return (f"{len(d._dataset)} images, {samples}, global batches of {d._batch}"
+                + (", one aspect-ratio group per batch" if d._groups is not None else ""))
 
     def state_dict(self):
         return {"seed": self.dataset.seed}

@@ -3,7 +3,8 @@
 Config layout (Detectron2's LazyConfig convention): ``model``, ``dataloader.train``,
 ``dataloader.test``, ``dataloader.evaluator``, ``optimizer``, ``lr_multiplier`` and
 ``train`` (``output_dir``, ``init_checkpoint``, ``max_iter``, ``eval_period``,
-``log_period``, ``checkpointer``, ``device``, ``seed``, ``amp``, ``ddp``).
+``log_period``, ``checkpointer``, ``device``, ``seed``, ``amp``, ``ddp``, and this
+project's ``epochs`` / ``clip_grad``, see :mod:`efl.solver`).
 
 Reliability: checkpoints are written atomically (:class:`efl.checkpoint.EFLCheckpointer`)
 and hold everything an exact resume needs (model with EFL state, optimizer, scheduler,
@@ -34,6 +35,7 @@ from ..checkpoint import EFLCheckpointer, atomic_write
 from ..data.lvis import prepare_datasets
 from ..errors import InputError, TrainingDiverged
 from ..rng import preserve_rng_state
+from ..solver import add_gradient_clipping, resolve_epoch_schedule
 from .config_checks import check_efl_hyperparameters
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 
@@ -81,6 +83,7 @@ class Trainer(TrainerBase):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
+        resolve_epoch_schedule(cfg, data_loader)  # train.epochs -> train.max_iter
 
         ddp_args = {k: v for k, v in cfg.train.get("ddp", {}).items() if k != "fp16_compression"}
         model = compat.create_ddp_model(model, **ddp_args)
@@ -123,8 +126,16 @@ class Trainer(TrainerBase):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        """``cfg.optimizer``, clipping the total gradient norm first if
+        ``train.clip_grad.enabled`` (``max_norm``, ``norm_type``)."""
         cfg.optimizer.params.model = model
-        return instantiate(cfg.optimizer)
+        optimizer = instantiate(cfg.optimizer)
+        clip = cfg.train.get("clip_grad") or {}
+        if clip.get("enabled", False):
+            add_gradient_clipping(optimizer, clip.max_norm, clip.get("norm_type", 2.0))
+            logger.info(f"Gradient clipping: total {clip.get('norm_type', 2.0)}-norm of all "
+                        f"parameters at most {clip.max_norm}")
+        return optimizer
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

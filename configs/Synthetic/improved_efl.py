@@ -1,0 +1,8 @@
+"""improved_focal.py with the classification loss replaced by Equalized Focal Loss
+(gamma_b 2, s 8, alpha 0.25)."""
+
+from ..common.efl import use_efl
+from .improved_focal import dataloader, lr_multiplier, model, optimizer, train
+
+use_efl(model, train_dataset="synthetic_lt_train", gamma_b=2.0, scale_factor=8.0, alpha=0.25)
+train.output_dir = "./output/synthetic/improved_efl"

@@ -1,0 +1,69 @@
+"""The EFL authors' improved one-stage detector (ATSSRetinaNet) with R-50-FPN P3-P7, as in
+their recipe (../shared spec table "The authors' detector and recipe"):
+
+- backbone: ResNet-50 (ImageNet, MSRA weights: BGR, std 1), FrozenBN, stem + res2 frozen;
+- neck: FPN P3-P7, 256 channels; P6 from C5 (3x3 stride 2), P7 from P6, no ReLU between;
+- head: 4 x (3x3 conv, GroupNorm 32, ReLU) cls and box towers, IoU branch on the box
+  tower, cls prior 0.001;
+- anchors: 2 per location, aspect 1.0, sizes {6, 8} x stride (centres at (i + 0.5) x stride);
+- ATSS: top 18 anchors per level, IoU >= mean + std, centre inside the box;
+- losses: focal loss here (configs/common/efl.py turns it into EFL), GIoU weighted by the
+  IoU target, IoU-branch BCE;
+- test: sigmoid(cls) * sigmoid(iou), no score threshold, top 6000 per level, class-wise
+  NMS 0.5, 300 detections per image.
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.backbone import BasicStem, FPN, ResNet
+from detectron2.modeling.box_regression import Box2BoxTransform
+
+from efl.compat import group_norm
+from efl.modeling import ATSSAssigner, ATSSHead, ATSSRetinaNet, LastLevelP6P7
+
+STRIDES = [8, 16, 32, 64, 128]
+
+model = L(ATSSRetinaNet)(
+    backbone=L(FPN)(
+        bottom_up=L(ResNet)(
+            stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+            stages=L(ResNet.make_default_stages)(depth=50, stride_in_1x1=True, norm="FrozenBN"),
+            out_features=["res3", "res4", "res5"],
+            freeze_at=2,
+        ),
+        in_features=["res3", "res4", "res5"],
+        out_channels=256,
+        top_block=L(LastLevelP6P7)(
+            in_channels=2048, out_channels="${..out_channels}", in_feature="res5",
+            relu_before_p7=False,
+        ),
+    ),
+    head=L(ATSSHead)(
+        input_shape=[ShapeSpec(channels=256)] * 5,
+        num_classes="${..num_classes}",
+        conv_dims=[256, 256, 256, 256],
+        norm=group_norm,
+        prior_prob=0.001,
+        num_anchors=2,
+    ),
+    anchor_generator=L(DefaultAnchorGenerator)(
+        sizes=[[6 * s, 8 * s] for s in STRIDES],
+        aspect_ratios=[1.0],
+        strides=STRIDES,
+        offset=0.5,
+    ),
+    box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
+    anchor_matcher=L(ATSSAssigner)(topk=18),
+    num_classes=1203,
+    head_in_features=["p3", "p4", "p5", "p6", "p7"],
+    focal_loss_alpha=0.25,
+    focal_loss_gamma=2.0,
+    test_score_thresh=0.0,
+    test_topk_candidates=6000,
+    test_nms_thresh=0.5,
+    max_detections_per_image=300,
+    pixel_mean=[103.530, 116.280, 123.675],
+    pixel_std=[1.0, 1.0, 1.0],
+    input_format="BGR",
+)

@@ -1,0 +1,343 @@
+"""The EFL authors' improved one-stage detector: RetinaNet with ATSS assignment, GroupNorm
+head towers, an IoU branch, GIoU box loss and IoU-weighted scores (their "improved
+baseline"; Li et al. 2022, built on Zhang et al., "Bridging the Gap Between Anchor-based
+and Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020).
+
+Classification uses :class:`EqualizedFocalLoss` when the model has one (``efl``), else
+Detectron2's focal loss, so the focal-loss baseline and EFL run the same code.
+"""
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, RetinaNet
+from detectron2.modeling.backbone import FPN, build_resnet_backbone
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..compat import group_norm
+from ..config import efl_from_config
+from ..losses import EqualizedFocalLoss
+from .fpn import LastLevelP6P7
+from .retinanet import check_efl_matches, foreground_one_hot
+
+__all__ = [
+    "ATSSAssigner",
+    "ATSSHead",
+    "ATSSRetinaNet",
+    "box_iou_and_giou",
+    "build_atss_resnet_fpn_backbone",
+]
+
+
+class ATSSAssigner:
+    """Adaptive Training Sample Selection, as the EFL authors configure it.
+
+    For each ground-truth box: on every level, the ``topk`` anchors whose centres are
+    closest to the box centre (clamped to the image) are candidates; a candidate is
+    positive if its IoU with the box is >= mean + std (unbiased) of the candidates' IoUs
+    and its centre lies inside the box (by more than 0.01 px). An anchor positive for
+    several boxes goes to the one it overlaps most. ``topk`` counts anchors, not
+    locations (18 = 9 locations x 2 anchors in the authors' recipe).
+
+    It stands where :class:`RetinaNet` keeps its IoU ``Matcher`` (``anchor_matcher``).
+    """
+
+    def __init__(self, topk: int = 18):
+        if not isinstance(topk, int) or topk < 1:
+            raise ValueError(f"topk must be a positive int; got topk={topk!r}")
+        self.topk = topk
+
+    def __repr__(self):
+        return f"ATSSAssigner(topk={self.topk})"
+
+    @torch.no_grad()
+    def __call__(
+        self, anchors: List[Boxes], gt_boxes: Boxes, image_size: Optional[Tuple[int, int]] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            anchors: one ``Boxes`` per level, (R_l, 4) XYXY; R = sum R_l.
+            gt_boxes: (G, 4) ground-truth boxes of the image.
+            image_size: (height, width); box centres are clamped to it.
+        Returns:
+            matched_idxs: (R,) int64, the box each anchor is assigned to (0 where none).
+            is_positive: (R,) bool.
+        """
+        num_per_level = [len(a) for a in anchors]
+        anchors = Boxes.cat(anchors)
+        num_anchors, num_gt = len(anchors), len(gt_boxes)
+        device = anchors.tensor.device
+        if num_gt == 0:
+            return (torch.zeros(num_anchors, dtype=torch.int64, device=device),
+                    torch.zeros(num_anchors, dtype=torch.bool, device=device))
+        gt = gt_boxes.tensor
+        ious = pairwise_iou(anchors, gt_boxes)  # (R, G)
+        anchor_centres = anchors.get_centers()  # (R, 2)
+        gt_centres = gt_boxes.get_centers()
+        if image_size is not None:
+            height, width = image_size
+            gt_centres = torch.stack(
+                [gt_centres[:, 0].clamp(0, width), gt_centres[:, 1].clamp(0, height)], dim=1
+            )
+        distances = (anchor_centres[:, None, :] - gt_centres[None, :, :]).pow(2).sum(-1)
+
+        candidates, start = [], 0
+        for n in num_per_level:
+            k = min(self.topk, n)
+            nearest = distances[start : start + n].topk(k, dim=0, largest=False).indices
+            candidates.append(nearest + start)
+            start += n
+        candidates = torch.cat(candidates)  # (C, G) anchor indices
+        candidate_ious = ious.gather(0, candidates)
+        threshold = candidate_ious.mean(0) + candidate_ious.std(0).nan_to_num(0.0)
+        is_pos = candidate_ious >= threshold
+
+        cx, cy = anchor_centres[candidates, 0], anchor_centres[candidates, 1]  # (C, G)
+        margins = torch.stack([cx - gt[:, 0], cy - gt[:, 1], gt[:, 2] - cx, gt[:, 3] - cy])
+        is_pos &= margins.amin(dim=0) > 0.01
+
+        gt_index = torch.arange(num_gt, device=device).expand_as(candidates)
+        assigned = torch.full_like(ious, -1.0)  # IoU where assigned, else -1
+        rows, cols = candidates[is_pos], gt_index[is_pos]
+        assigned[rows, cols] = ious[rows, cols]
+        best, matched_idxs = assigned.max(dim=1)
+        return matched_idxs, best >= 0
+
+
+class ATSSHead(RetinaNetHead):
+    """:class:`RetinaNetHead` (cls and box towers, GroupNorm by default) plus an IoU branch:
+    a 3x3 conv on the box tower predicting, per anchor, the logit of the IoU between the
+    decoded box and its ground truth."""
+
+    @configurable
+    def __init__(self, *, input_shape: List[ShapeSpec], num_classes, num_anchors, conv_dims,
+                 norm=group_norm, prior_prob=0.001):
+        """Arguments as :class:`RetinaNetHead`; ``norm`` defaults to GroupNorm(32)."""
+        super().__init__(input_shape=input_shape, num_classes=num_classes,
+                         num_anchors=num_anchors, conv_dims=conv_dims, norm=norm,
+                         prior_prob=prior_prob)
+        self.iou_pred = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, stride=1, padding=1)
+        nn.init.normal_(self.iou_pred.weight, mean=0, std=0.01)
+        nn.init.constant_(self.iou_pred.bias, 0)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        ret = super().from_config(cfg, input_shape)
+        norm = cfg.MODEL.ATSS.HEAD_NORM
+        ret["norm"] = group_norm if norm == "GN" else norm  # compat (2)
+        return ret
+
+    def forward(self, features: List[torch.Tensor]):
+        """
+        Returns:
+            logits, bbox_reg, iou: per level, (N, A*K, Hi, Wi), (N, A*4, Hi, Wi) and
+            (N, A, Hi, Wi).
+        """
+        logits, bbox_reg, iou = [], [], []
+        for feature in features:
+            box_feature = self.bbox_subnet(feature)
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            bbox_reg.append(self.bbox_pred(box_feature))
+            iou.append(self.iou_pred(box_feature))
+        return logits, bbox_reg, iou
+
+
+def box_iou_and_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7):
+    """IoU and generalised IoU of matched (P, 4) XYXY boxes; each (P,).
+
+    Unlike fvcore's ``giou_loss`` this does not assert on the boxes, so a diverging run
+    reaches the trainer's NaN check (and its clear message) instead of an AssertionError.
+    """
+    lt = torch.max(boxes1[:, :2], boxes2[:, :2])
+    rb = torch.min(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
+    union = area1 + area2 - inter
+    iou = inter / (union + eps)
+    enclosing = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2]))
+    enclosing = enclosing.clamp(min=0).prod(dim=1)
+    return iou, iou - (enclosing - union) / (enclosing + eps)
+
+
+def _mean_over_workers(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over all processes and divided by their number."""
+    world = comm.get_world_size()
+    if world > 1 and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values)
+        values = values / world
+    return values
+
+
+@META_ARCH_REGISTRY.register()
+class ATSSRetinaNet(RetinaNet):
+    """The EFL authors' improved one-stage detector.
+
+    A :class:`RetinaNet` with an :class:`ATSSHead`, an :class:`ATSSAssigner` as
+    ``anchor_matcher`` and these losses (N = positive anchors summed over all workers /
+    world size, at least 1):
+
+    - ``loss_cls``: EFL (``efl`` set) or focal loss (``efl=None``; ``focal_loss_alpha``,
+      ``focal_loss_gamma``) over all anchors, / N;
+    - ``loss_box_reg``: (1 - GIoU) of each positive's decoded box, weighted by its IoU
+      target, / (sum of IoU targets over all workers / world size);
+    - ``loss_iou``: sigmoid cross-entropy of the IoU branch to the IoU target, / N;
+      the IoU target is the IoU of the decoded (detached) box with its ground truth.
+
+    Inference scores every anchor and class by sigmoid(cls) * sigmoid(iou), then applies
+    RetinaNet's ``test_score_thresh``, ``test_topk_candidates`` (per level),
+    class-wise NMS at ``test_nms_thresh`` and ``max_detections_per_image``.
+    """
+
+    @configurable
+    def __init__(self, *, efl: Optional[EqualizedFocalLoss] = None, **kwargs):
+        """
+        Args:
+            efl: the classification loss module (its ``num_classes`` must equal the
+                model's); None: focal loss.
+            kwargs: everything :class:`RetinaNet` takes; ``head`` must return the IoU
+                branch too (as :class:`ATSSHead`), ``anchor_matcher`` must be an
+                :class:`ATSSAssigner`.
+        """
+        kwargs.setdefault("box_reg_loss_type", "giou")
+        super().__init__(**kwargs)
+        if not isinstance(self.anchor_matcher, ATSSAssigner):
+            raise ValueError(
+                "ATSSRetinaNet needs anchor_matcher=ATSSAssigner(topk); got "
+                f"{type(self.anchor_matcher).__name__}"
+            )
+        if efl is not None:
+            check_efl_matches(efl, self.num_classes)
+        self.efl = efl
+
+    @classmethod
+    def from_config(cls, cfg):
+        ret = super().from_config(cfg)
+        shapes = ret["backbone"].output_shape()
+        ret["head"] = ATSSHead(cfg, [shapes[f] for f in ret["head_in_features"]])
+        ret["anchor_matcher"] = ATSSAssigner(cfg.MODEL.ATSS.TOPK)
+        loss = cfg.MODEL.ATSS.CLASSIFICATION_LOSS
+        if loss not in ("EFL", "focal"):
+            raise ValueError(f"MODEL.ATSS.CLASSIFICATION_LOSS must be 'EFL' or 'focal'; got {loss!r}")
+        ret["efl"] = efl_from_config(cfg, ret["num_classes"]) if loss == "EFL" else None
+        ret["box_reg_loss_type"] = "giou"
+        return ret
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_deltas, pred_ious = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ious)
+
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """
+        Returns:
+            gt_labels: per image, (R,) int64 class of each anchor (``num_classes``:
+                background).
+            matched_gt_boxes: per image, (R, 4) the assigned box (zeros for background).
+        """
+        num_anchors = sum(len(a) for a in anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for gt in gt_instances:
+            matched, is_pos = self.anchor_matcher(anchors, gt.gt_boxes, gt.image_size)
+            if len(gt) > 0:
+                labels = gt.gt_classes[matched].clone()
+                labels[~is_pos] = self.num_classes
+                boxes = gt.gt_boxes.tensor[matched]
+            else:
+                device = anchors[0].tensor.device
+                labels = torch.full((num_anchors,), self.num_classes, dtype=torch.int64, device=device)
+                boxes = torch.zeros(num_anchors, 4, device=device)
+            gt_labels.append(labels)
+            matched_gt_boxes.append(boxes)
+        return gt_labels, matched_gt_boxes
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_ious):
+        """
+        Args:
+            anchors: per level ``Boxes`` (R_l, 4).
+            pred_logits, pred_anchor_deltas, pred_ious: per level, (N, R_l, K), (N, R_l, 4)
+                and (N, R_l, 1).
+            gt_labels, gt_boxes: per image, from :meth:`label_anchors`.
+        Returns:
+            dict with ``loss_cls``, ``loss_box_reg`` and ``loss_iou`` (0-dim, float32).
+        """
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos = pos_mask.sum()
+
+        deltas = cat(pred_anchor_deltas, dim=1)[pos_mask].float()  # (P, 4)
+        pos_anchors = Boxes.cat(anchors).tensor.expand(num_images, -1, -1)[pos_mask]
+        pred_boxes = self.box2box_transform.apply_deltas(deltas, pos_anchors)
+        iou, giou = box_iou_and_giou(pred_boxes, torch.stack(gt_boxes)[pos_mask].float())
+        iou_target = iou.detach()
+
+        totals = _mean_over_workers(torch.stack([num_pos.float(), iou_target.sum()]))
+        normalizer = totals[0].clamp(min=1.0)
+        iou_normalizer = totals[1].clamp(min=1e-6)
+        get_event_storage().put_scalar("num_pos_anchors", num_pos.item() / num_images)
+
+        logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
+        targets = foreground_one_hot(gt_labels.reshape(-1), self.num_classes)
+        if self.efl is not None:
+            loss_cls = self.efl(logits, targets, normalizer)
+        else:
+            loss_cls = sigmoid_focal_loss_jit(
+                logits.float(), targets.float(), alpha=self.focal_loss_alpha,
+                gamma=self.focal_loss_gamma, reduction="sum",
+            ) / normalizer
+
+        iou_logits = cat(pred_ious, dim=1)[pos_mask].squeeze(-1).float()
+        loss_iou = F.binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="sum")
+        return {
+            "loss_cls": loss_cls,
+            "loss_box_reg": ((1 - giou) * iou_target).sum() / iou_normalizer,
+            "loss_iou": loss_iou / normalizer,
+        }
+
+    def forward_inference(self, images, features, predictions):
+        pred_logits, pred_deltas, pred_ious = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
+        anchors = self.anchor_generator(features)
+        results: List[Instances] = []
+        for i, image_size in enumerate(images.image_sizes):
+            scores = [c[i].sigmoid() * u[i].sigmoid() for c, u in zip(pred_logits, pred_ious)]
+            deltas = [d[i] for d in pred_deltas]
+            results.append(self.inference_single_image(anchors, scores, deltas, image_size))
+        return results
+
+
+@BACKBONE_REGISTRY.register()
+def build_atss_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet-FPN with P6 (from C5) and P7; ReLU before P7 per ``MODEL.ATSS.RELU_BEFORE_P7``
+    (YAML users: ``MODEL.BACKBONE.NAME: build_atss_resnet_fpn_backbone``)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(
+            bottom_up.output_shape()["res5"].channels, out_channels, in_feature="res5",
+            relu_before_p7=cfg.MODEL.ATSS.RELU_BEFORE_P7,
+        ),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
