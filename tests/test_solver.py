@@ -114,3 +114,29 @@ def test_improved_detector_trains_and_evaluates(tiny_dataset, tmp_path):
     with open(os.path.join(out, "run_info.json")) as f:
         info = json.load(f)
     assert info["meta_architecture"] == "ATSSRetinaNet" and info["max_iter"] == 5
+
+
+def test_resume_follows_the_epochs_of_the_checkpointed_data_stream(tiny_dataset, tmp_path):
+    """Stochastic RFS rounding: epoch lengths depend on the loader's seed; a run resumed
+    with another seed continues the checkpoint's stream and its schedule."""
+
+    def trainer(seed):
+        cfg = tiny_improved_config(tiny_dataset, str(tmp_path), epochs=3, batch=4)
+        cfg.dataloader.train.repeat_thresh = 0.3
+        cfg.dataloader.train.seed = seed
+        return cfg, Trainer(cfg)
+
+    cfg1, first = trainer(1)
+    other = next(s for s in range(2, 50) if trainer(s)[0].train.epoch_starts != cfg1.train.epoch_starts)
+    first.iter = 7
+    first.scheduler.step()  # a scheduler state that is not the initial one
+    first.checkpointer.save("model_0000007")
+    cfg2, resumed = trainer(other)
+    assert cfg2.train.epoch_starts != cfg1.train.epoch_starts
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 8 and resumed.data_loader.dataset.seed == 1
+    assert cfg2.train.epoch_starts == cfg1.train.epoch_starts
+    assert resumed.max_iter == first.max_iter == cfg1.train.epoch_starts[-1]
+    assert resumed.scheduler.last_epoch == first.scheduler.last_epoch
+    with open(os.path.join(str(tmp_path), "run_info.json")) as f:
+        assert json.load(f)["max_iter"] == first.max_iter

@@ -197,6 +197,22 @@ class Trainer(TrainerBase):
                 )
             if comm.is_main_process():
                 _drop_metrics_after(os.path.join(self.cfg.train.output_dir, "metrics.json"), self.iter)
+            self._follow_resumed_epochs()
+
+    def _follow_resumed_epochs(self):
+        """With ``train.epochs`` and stochastic RFS rounding the epoch lengths depend on the
+        data-stream seed; a resumed run continues the checkpoint's stream, so its schedule
+        (max_iter, LR milestones) is resolved again from that stream."""
+        before = self.cfg.train.get("epoch_starts")
+        if not self.cfg.train.get("epochs") or resolve_epoch_schedule(
+            self.cfg, self.data_loader
+        ) == list(before or []):
+            return
+        self.max_iter = self.cfg.train.max_iter
+        self.scheduler = LRMultiplier(self.optimizer, instantiate(self.cfg.lr_multiplier),
+                                      self.max_iter, last_iter=self.scheduler.last_epoch - 1)
+        if comm.is_main_process():
+            self._write_run_info()
 
     def train(self):
         super().train(self.start_iter, self.max_iter)

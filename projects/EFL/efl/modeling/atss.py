@@ -173,7 +173,7 @@ def box_iou_and_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e
 def _mean_over_workers(values: torch.Tensor) -> torch.Tensor:
     """``values`` summed over all processes and divided by their number."""
     world = comm.get_world_size()
-    if world > 1 and dist.is_initialized():
+    if world > 1:
         values = values.clone()
         dist.all_reduce(values)
         values = values / world
@@ -223,7 +223,7 @@ class ATSSRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
-        ret = super().from_config(cfg)
+        ret = super().from_config(cfg)  # its RetinaNetHead and Matcher are replaced below
         shapes = ret["backbone"].output_shape()
         ret["head"] = ATSSHead(cfg, [shapes[f] for f in ret["head_in_features"]])
         ret["anchor_matcher"] = ATSSAssigner(cfg.MODEL.ATSS.TOPK)
