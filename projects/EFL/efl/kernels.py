@@ -7,12 +7,14 @@ Training step (the logits need a gradient), ``fused_equalized_focal_loss``:
   logits), while it adds up the loss (per-row partial sums) and, for non-bool targets,
   counts the target entries not in {0, 1}; a second loop of the same kernel reads dl/dz
   back in blocks of rows and sums |dl/dz| per class over positive and negative entries.
-  The gradient and the two (K,) sums are kept (one (M, K) tensor) until backward.
+  The gradient and the two (K,) sums are kept until backward: one (M, K) tensor (float32
+  for half logits, i.e. twice their size), which then becomes the logits' gradient.
 - backward: the upstream gradient is a scalar g_out (loss weight, a gradient scaler's
   scale, 1 / normalizer), so dL/dz = g_out * dl/dz and the statistics of |dL/dz| are
   |g_out| times the kept sums. Backward scales the kept gradient in place (one read and
   write of (M, K); a new tensor in the logits' dtype for half logits), hands it to
-  autograd and gives |g_out| * sums to the loss module (``accumulate_statistics``).
+  autograd and gives |g_out| * sums to the loss module (``accumulate_statistics``; a
+  non-finite g_out gives non-finite sums, which it does not accumulate).
   A second backward through a retained graph recomputes both from the saved inputs.
 Without a gradient (evaluation), one kernel computes the loss sum (and the target check).
 
@@ -172,11 +174,16 @@ def _column_sums(g, blocked: bool):
         return below, above
 
     rows = _COLUMN_BLOCK_ROWS
-    blocks = g.shape[0] // rows
+    m = g.shape[0]
+    blocks = m // rows
     if not blocked or blocks == 0:  # (Inductor rejects the empty blocked view)
         return sums(g, 0)
     below, above = sums(g[: blocks * rows].view(blocks, rows, g.shape[1]), 1)
-    below_tail, above_tail = sums(g[blocks * rows :], 0)
+    # The m % rows rows left: the last `rows` rows, those already in a block masked out
+    # (a tail of varying length would make Dynamo compile again for an empty one).
+    last = g[m - rows :]
+    left = torch.arange(rows, device=g.device) >= rows - (m - blocks * rows)
+    below_tail, above_tail = sums(torch.where(left[:, None], last, 0), 0)
     return below.sum(0) + below_tail, above.sum(0) + above_tail
 
 
