@@ -220,3 +220,128 @@ def test_bool_targets_and_bad_arguments():
         EqualizedFocalLoss(3, implementation="cuda")
     with pytest.raises(ValueError, match="backend.*'fast'"):
         kernels.set_backend("fast")
+
+
+# ----------------------------------------------------------------------------------------
+# The one-pass forward (efl_forward_with_grad): gradient kept from forward, statistics
+# scaled in backward, targets checked in the kernel.
+
+
+def test_one_pass_forward_matches_two_pass_kernels(backend):
+    """Loss, local gradient and per-class sums of the one-pass forward against efl_loss_sum
+    and efl_grad_and_statistics (scale 1) and against their float64 evaluation."""
+    logits, targets = batch(18, 700)
+    gamma = 2.0 + 8.0 * torch.rand(K, generator=torch.Generator().manual_seed(1))
+    one_pass = kernels.efl_forward_with_grad(logits, targets, gamma, gamma / 2, 0.25, True)
+    assert one_pass[1].shape == logits.shape and one_pass[1].dtype == torch.float32
+    loss = kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
+    two_pass = (loss,) + kernels.efl_grad_and_statistics(
+        logits, targets, gamma, gamma / 2, 0.25, torch.tensor(1.0)
+    )
+    previous = kernels.set_backend("eager")
+    try:
+        expected = kernels.efl_forward_with_grad(
+            logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
+        )
+    finally:
+        kernels.set_backend(previous)
+    for name, a, b, c in zip(("loss", "grad", "positives", "negatives"), one_pass, two_pass, expected):
+        assert rel_err(a, b) < 1e-6 and rel_err(a, c) < 1e-6, (name, rel_err(a, b), rel_err(a, c))
+    grad64 = expected[1]
+    torch.testing.assert_close(expected[2], (grad64.abs() * targets).sum(0))
+    torch.testing.assert_close(expected[3], (grad64.abs() * (1 - targets)).sum(0))
+
+
+def test_log1p_series_is_float32_accurate():
+    e = torch.cat([torch.logspace(-30, 0, 2000, dtype=torch.float64), torch.rand(2000).double()])
+    s = e / (2 + e)
+    approx = kernels._log1p_series(s.float()).double()
+    assert float(((approx - torch.log1p(e)).abs() / torch.log1p(e)).max()) < 3e-7
+
+
+def test_extreme_logits_stay_accurate(backend):
+    """|z| up to 80 (exp(-|x|) underflows float32 past ~88) and gamma up to 10: the compiled
+    float32 series path against float64."""
+    gen = torch.Generator().manual_seed(19)
+    logits = (torch.rand(400, K, generator=gen) * 160 - 80).float()
+    targets = (torch.rand(400, K, generator=gen) < 0.05).float()
+    gamma = torch.linspace(2.0, 10.0, K)
+    out = kernels.efl_forward_with_grad(logits, targets, gamma, gamma / 2, 0.25, True)
+    previous = kernels.set_backend("eager")
+    try:
+        expected = kernels.efl_forward_with_grad(
+            logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
+        )
+    finally:
+        kernels.set_backend(previous)
+    errs = [rel_err(a, b) for a, b in zip(out, expected)]
+    assert max(errs) < 1e-6, errs
+    assert torch.isfinite(out[1]).all()
+
+
+def test_gradient_is_handed_on_without_copy(backend, monkeypatch):
+    """The gradient kept from forward becomes the logits' .grad itself (scaled in place):
+    no second (M, K) buffer."""
+    kept = []
+    original = kernels.efl_forward_with_grad
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        kept.append(out[1].data_ptr())
+        return out
+
+    monkeypatch.setattr(kernels, "efl_forward_with_grad", spy)
+    fused, reference = pair()
+    logits, targets = batch(20, 300)
+    z = logits.clone().requires_grad_(True)
+    z_ref = logits.clone().requires_grad_(True)
+    (fused(z, targets, 4.0) * 1.5).backward()
+    (reference(z_ref, targets, 4.0) * 1.5).backward()
+    assert kept == [z.grad.data_ptr()]
+    assert rel_err(z.grad, z_ref.grad) < 1e-6
+    assert rel_err(fused.pos_neg, reference.pos_neg) < 1e-6
+
+
+def test_backward_twice_through_retained_graph(backend):
+    """A second backward (retain_graph) recomputes the gradient and its statistics: same
+    gradient and state as the reference path."""
+    fused, reference = pair()
+    logits, targets = batch(21, 300)
+    z = logits.clone().requires_grad_(True)
+    z_ref = logits.clone().requires_grad_(True)
+    loss, loss_ref = fused(z, targets, 3.0), reference(z_ref, targets, 3.0)
+    for scale in (1.0, -0.5):
+        (loss * scale).backward(retain_graph=True)
+        (loss_ref * scale).backward(retain_graph=True)
+    assert rel_err(z.grad, z_ref.grad) < 1e-6
+    for name in ("pos_grad", "neg_grad", "pos_neg"):
+        assert rel_err(getattr(fused, name), getattr(reference, name)) < 1e-6, name
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("value", [0.5, 2.0, -1.0, float("nan")])
+def test_target_values_are_checked_in_the_kernel(backend, grad, value):
+    fused, reference = pair()
+    logits, targets = batch(22, 300)
+    targets[123, 4] = value
+    z = logits.clone().requires_grad_(grad)
+    for module in (fused, reference):
+        with pytest.raises(ValueError, match=r"targets must be one-hot in \{0, 1\}; got values such as \[(nan|" + str(value) + r")\]"):
+            module(z, targets, 2.0)
+    assert torch.equal(fused.pos_grad, torch.zeros(K))  # nothing was accumulated
+
+
+def test_bool_targets_skip_the_check(backend, monkeypatch):
+    """Bool targets cannot be wrong: the kernel does not count (the check is off)."""
+    calls = []
+    original = kernels._bad_targets
+    monkeypatch.setattr(kernels, "_bad_targets", lambda *a: calls.append(1) or original(*a))
+    fused, reference = pair()
+    logits, targets = batch(23, 300)
+    z = logits.clone().requires_grad_(True)
+    z_ref = logits.clone().requires_grad_(True)
+    fused(z, targets.bool(), 2.0).backward()
+    reference(z_ref, targets, 2.0).backward()
+    assert rel_err(z.grad, z_ref.grad) < 1e-6
+    if backend == "eager":  # (compiled code does not call back into Python)
+        assert calls == []

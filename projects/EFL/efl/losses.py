@@ -96,9 +96,10 @@ class EqualizedFocalLoss(nn.Module):
             with it, the mean g and gamma of each group are put into Detectron2's
             EventStorage (when one is open) as ``efl/pos_neg_<group>`` and
             ``efl/gamma_<group>``.
-        implementation: "fused" (default: ``efl.kernels``, two passes over the logits, no
-            (M, K) temporaries kept) or "reference" (the readable ``equalized_focal_loss``
-            under autograd); both give the same loss, gradient and state.
+        implementation: "fused" (default: ``efl.kernels``, one compute pass over logits
+            and targets in forward, which keeps the gradient for backward) or "reference"
+            (the readable ``equalized_focal_loss`` under autograd); both give the same
+            loss, gradient and state.
 
     Set ``update_statistics = False`` to freeze the state (e.g. for gradcheck).
     """
@@ -189,7 +190,9 @@ class EqualizedFocalLoss(nn.Module):
             0-dim tensor: sum of EFL over all entries / normalizer, in float32 (float64
             for float64 logits) whatever the input precision or autocast state.
         """
-        self._check_inputs(logits, targets, normalizer)
+        fused = self.implementation == "fused"
+        # The fused kernel checks the target values in its own pass over the targets.
+        self._check_inputs(logits, targets, normalizer, check_values=not fused)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         autocast_off = (
             torch.autocast(device_type=logits.device.type, enabled=False)
@@ -198,11 +201,12 @@ class EqualizedFocalLoss(nn.Module):
         )
         with autocast_off:
             gamma = self.gamma.to(dtype)
-            if self.implementation == "fused":
-                # The statistics are taken in backward, as the tap below does.
+            if fused:
+                # The statistics are handed over in backward, as the tap below does.
                 statistics = self if self.update_statistics else None
                 loss = fused_equalized_focal_loss(
-                    logits, targets, gamma, gamma / self.gamma_b, self.alpha, statistics
+                    logits, targets, gamma, gamma / self.gamma_b, self.alpha, statistics,
+                    check_targets=True,
                 )
             else:
                 z = logits.to(dtype)
@@ -239,7 +243,9 @@ class EqualizedFocalLoss(nn.Module):
         self.neg_grad += stats[1]
         self.pos_neg.copy_((self.pos_grad / (self.neg_grad + _EPS)).clamp_(0, 1))
 
-    def _check_inputs(self, logits, targets, normalizer) -> None:
+    def _check_inputs(self, logits, targets, normalizer, check_values: bool = True) -> None:
+        """Types and shapes; with check_values also that non-bool targets are in {0, 1}
+        (a pass over the targets: the fused path does it in its kernel instead)."""
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             raise ValueError(
                 f"logits must be a floating-point tensor of shape (M, {self.num_classes}); "
@@ -255,7 +261,11 @@ class EqualizedFocalLoss(nn.Module):
                 f"logits must have shape (M, num_classes={self.num_classes}); "
                 f"got {tuple(logits.shape)}"
             )
-        if targets.dtype != torch.bool and not bool(((targets == 0) | (targets == 1)).all()):
+        if (
+            check_values
+            and targets.dtype != torch.bool
+            and not bool(((targets == 0) | (targets == 1)).all())
+        ):
             bad = targets[(targets != 0) & (targets != 1)][:3].tolist()
             raise ValueError(f"targets must be one-hot in {{0, 1}}; got values such as {bad}")
         if not isinstance(normalizer, torch.Tensor) and not normalizer > 0:
