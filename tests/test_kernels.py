@@ -227,6 +227,17 @@ def test_bool_targets_and_bad_arguments():
 # scaled in backward, targets checked in the kernel.
 
 
+def forward_with_grad_float64(logits, targets, gamma):
+    """The one-pass forward evaluated eagerly in float64 (weight gamma / 2, alpha 0.25)."""
+    previous = kernels.set_backend("eager")
+    try:
+        return kernels.efl_forward_with_grad(
+            logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
+        )
+    finally:
+        kernels.set_backend(previous)
+
+
 def test_one_pass_forward_matches_two_pass_kernels(backend):
     """Loss, local gradient and per-class sums of the one-pass forward against efl_loss_sum
     and efl_grad_and_statistics (scale 1) and against their float64 evaluation."""
@@ -238,13 +249,7 @@ def test_one_pass_forward_matches_two_pass_kernels(backend):
     two_pass = (loss,) + kernels.efl_grad_and_statistics(
         logits, targets, gamma, gamma / 2, 0.25, torch.tensor(1.0)
     )
-    previous = kernels.set_backend("eager")
-    try:
-        expected = kernels.efl_forward_with_grad(
-            logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
-        )
-    finally:
-        kernels.set_backend(previous)
+    expected = forward_with_grad_float64(logits, targets, gamma)
     for name, a, b, c in zip(("loss", "grad", "positives", "negatives"), one_pass, two_pass, expected):
         assert rel_err(a, b) < 1e-6 and rel_err(a, c) < 1e-6, (name, rel_err(a, b), rel_err(a, c))
     grad64 = expected[1]
@@ -267,13 +272,7 @@ def test_extreme_logits_stay_accurate(backend):
     targets = (torch.rand(400, K, generator=gen) < 0.05).float()
     gamma = torch.linspace(2.0, 10.0, K)
     out = kernels.efl_forward_with_grad(logits, targets, gamma, gamma / 2, 0.25, True)
-    previous = kernels.set_backend("eager")
-    try:
-        expected = kernels.efl_forward_with_grad(
-            logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
-        )
-    finally:
-        kernels.set_backend(previous)
+    expected = forward_with_grad_float64(logits, targets, gamma)
     errs = [rel_err(a, b) for a, b in zip(out, expected)]
     assert max(errs) < 1e-6, errs
     assert torch.isfinite(out[1]).all()

@@ -231,7 +231,7 @@ class ATSSRetinaNet(RetinaNet):
         if loss not in ("EFL", "focal"):
             raise ValueError(f"MODEL.ATSS.CLASSIFICATION_LOSS must be 'EFL' or 'focal'; got {loss!r}")
         ret["efl"] = efl_from_config(cfg, ret["num_classes"]) if loss == "EFL" else None
-        ret["box_reg_loss_type"] = "giou"
+        ret.pop("box_reg_loss_type")  # the box loss is GIoU (set in __init__)
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):
