@@ -1,6 +1,6 @@
 # The README's commands. Each one installs what it needs first (scripts/setup_env.sh is
 # a no-op once the environment is up to date).
-VENV ?= .venv
+VENV := $(or $(EFL_VENV),.venv)
 PY := $(VENV)/bin/python
 
 .PHONY: setup test demo

@@ -16,7 +16,11 @@ stops with one paragraph saying what is wrong and how to fix it, and exit status
 """
 
 import logging
+import os
 import sys
+
+import torch
+import torch.multiprocessing as mp
 
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
@@ -78,11 +82,18 @@ if __name__ == "__main__":
     except InputError as e:
         report(e)
         sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    if args.num_gpus > 1 and not torch.cuda.is_available():  # as torchrun: share the cores
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except mp.ProcessExitedException as e:  # a worker's exit 2 (already reported) is ours
+        if e.exit_code is None or e.exit_code <= 0:
+            raise
+        sys.exit(e.exit_code)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from conftest import TINY_CLASSES, tiny_lazy_config
+from conftest import ROOT, TINY_CLASSES, tiny_lazy_config
 from efl.data.lvis import prepare_datasets, register_lvis_format
 from efl.engine import Trainer, check_efl_hyperparameters, load_config
 from efl.errors import ConfigError, DatasetFormatError, ImageUnreadable, InputError
@@ -207,3 +207,17 @@ def test_nan_loss_in_the_last_iteration_is_not_evaluated(tiny_dataset, tmp_path)
                        r"checkpoint \(none was written yet\)"):
         trainer.train()
     assert not {"model_final.pth", "results.json", "inference"} & set(os.listdir(tmp_path))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_config_on_a_machine_without_cuda_names_train_device_cpu(tmp_path):
+    out = tmp_path / "out"
+    code, output = train_net(
+        str(out), "train.init_checkpoint=model_final.pth", flags=["--eval-only"],
+        config=os.path.join(ROOT, "configs", "LVISv1", "retinanet_R_50_FPN_2x_efl.py"),
+        dataset_root=str(tmp_path),
+    )
+    assert code == 2, output[-3000:]
+    assert "Traceback" not in output
+    assert "train.device='cuda'" in output and "train.device=cpu" in output
+    assert not out.exists()  # stopped before anything was built or written

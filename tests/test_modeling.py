@@ -12,7 +12,6 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from efl import EFLFCOS, EFLRetinaNet, add_efl_config
-from efl.compat import FCOS
 from efl.losses import EqualizedFocalLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,9 +156,3 @@ def test_yaml_config_builds_registered_model(meta_arch, cls):
     with EventStorage():
         losses = model(batch((2, 0)))
     assert all(torch.isfinite(v) for v in losses.values())
-
-
-def test_compat_fcos_is_stock_fcos_with_fixes():
-    from detectron2.modeling.meta_arch.fcos import FCOS as D2FCOS
-
-    assert issubclass(FCOS, D2FCOS) and issubclass(EFLFCOS, FCOS)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from efl.data import synthetic as syn
+from efl.evaluation import lvis_numpy_aliases
 from efl.data.synthetic import (
     SyntheticLongTailConfig,
     class_frequency_table,
@@ -229,10 +230,13 @@ def test_detectron2_load_lvis_json(tiny, val):
 
 
 def test_lvis_eval_perfect_and_false_positive(tiny, val):
-    # lvis 0.5.3's LVISEval uses np.float, removed in numpy 1.24: restore the alias here
-    # (the project keeps the real fix in efl/compat.py).
-    if not hasattr(np, "float"):
-        np.float = float
+    had_alias = "float" in np.__dict__
+    with lvis_numpy_aliases():  # lvis 0.5.3 on numpy >= 1.24
+        _check_lvis_eval_perfect_and_false_positive(tiny, val)
+    assert ("float" in np.__dict__) == had_alias  # numpy left as it was
+
+
+def _check_lvis_eval_perfect_and_false_positive(tiny, val):
     from lvis import LVIS, LVISEval, LVISResults
 
     gt = LVIS(tiny["val_json"])

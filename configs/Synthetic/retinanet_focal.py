@@ -9,13 +9,13 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.evaluation import LVISEvaluator
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from efl.data.lvis import build_train_loader
+from efl.evaluation import LVISEvaluator
 
 from ..common.models.retinanet import model
 from ..common.optim import SGD as optimizer

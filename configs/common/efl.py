@@ -3,16 +3,18 @@ EFL loss."""
 
 from detectron2.config import LazyCall as L
 
-from efl import EFLFCOS, EFLRetinaNet, EqualizedFocalLoss
+from detectron2.modeling import RetinaNet
+
+from efl import EFLFCOS, ATSSRetinaNet, EFLRetinaNet, EqualizedFocalLoss
+from efl.compat import FCOS
 from efl.data.lvis import frequency_groups
 
 
 def use_efl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0, alpha=0.25):
     """Switch ``model`` (a LazyCall of RetinaNet or FCOS) to its EFL subclass in place; an
     ATSSRetinaNet keeps its class and gets the EFL module (it runs focal loss without one)."""
-    name = model._target_.__name__
-    if name != "ATSSRetinaNet":
-        model._target_ = {"RetinaNet": EFLRetinaNet, "FCOS": EFLFCOS}[name]
+    if model._target_ is not ATSSRetinaNet:
+        model._target_ = {RetinaNet: EFLRetinaNet, FCOS: EFLFCOS}[model._target_]
     model.efl = L(EqualizedFocalLoss)(
         num_classes="${..num_classes}",
         gamma_b=gamma_b,

@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
-from detectron2.evaluation import LVISEvaluator
+from efl.evaluation import LVISEvaluator
 
 from efl.data.lvis import build_train_loader
 

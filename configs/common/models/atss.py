@@ -19,7 +19,6 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone import BasicStem, FPN, ResNet
 from detectron2.modeling.box_regression import Box2BoxTransform
 
-from efl.compat import group_norm
 from efl.modeling import ATSSAssigner, ATSSHead, ATSSRetinaNet, LastLevelP6P7
 
 STRIDES = [8, 16, 32, 64, 128]
@@ -43,7 +42,7 @@ model = L(ATSSRetinaNet)(
         input_shape=[ShapeSpec(channels=256)] * 5,
         num_classes="${..num_classes}",
         conv_dims=[256, 256, 256, 256],
-        norm=group_norm,
+        norm="GN",
         prior_prob=0.001,
         num_anchors=2,
     ),

@@ -9,7 +9,7 @@ __all__ = ["add_atss_config", "add_efl_config", "efl_from_config"]
 
 
 def add_efl_config(cfg) -> None:
-    """Add ``MODEL.EFL`` (and, when the Detectron2 version has none, ``MODEL.FCOS``)."""
+    """Add ``MODEL.EFL`` and ``MODEL.FCOS`` (Detectron2's YAML config has no FCOS options)."""
     cfg.MODEL.EFL = CN()
     cfg.MODEL.EFL.GAMMA_B = 2.0
     cfg.MODEL.EFL.SCALE_FACTOR = 8.0
@@ -17,7 +17,7 @@ def add_efl_config(cfg) -> None:
     # Put mean g / gamma of the LVIS r/c/f groups of DATASETS.TRAIN[0] into EventStorage.
     cfg.MODEL.EFL.USE_FREQUENCY_GROUPS = True
 
-    if "FCOS" not in cfg.MODEL:  # Detectron2 v0.6 has no FCOS options
+    if "FCOS" not in cfg.MODEL:  # add_atss_config may have called this already
         cfg.MODEL.FCOS = CN()
         cfg.MODEL.FCOS.NUM_CLASSES = 80
         cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]

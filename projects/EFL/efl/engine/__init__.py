@@ -1,6 +1,6 @@
 """Training: the LazyConfig ``Trainer``, its hooks, and config checks."""
 
-from .config_checks import apply_overrides, check_efl_hyperparameters, load_config
+from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .trainer import Trainer
 
@@ -12,5 +12,6 @@ __all__ = [
     "EvalHook",
     "load_config",
     "apply_overrides",
+    "check_device",
     "check_efl_hyperparameters",
 ]

@@ -4,6 +4,8 @@
   existing key (``LazyConfig.apply_overrides`` silently adds unknown ones, so a typo such as
   ``train.max_iterr=5`` would be ignored); a key that a LazyCall node does not list but its
   target accepts as an argument (e.g. ``model.efl.implementation``) is accepted;
+- :func:`check_device`: ``train.device`` exists on this machine (a GPU config on a machine
+  without CUDA would otherwise fail deep inside torch, after the model is built);
 - :func:`check_efl_hyperparameters`: every ``EqualizedFocalLoss`` node's hyper-parameters
   are in range (the loss's own checks, reported with the key, e.g. model.efl.scale_factor).
 """
@@ -13,6 +15,7 @@ import inspect
 import os
 from typing import Iterator, List, Sequence, Tuple
 
+import torch
 from omegaconf import DictConfig, ListConfig
 
 from detectron2.config import LazyConfig
@@ -21,17 +24,33 @@ from detectron2.utils.registry import locate
 from ..errors import ConfigError
 from ..losses import EqualizedFocalLoss
 
-__all__ = ["load_config", "apply_overrides", "check_efl_hyperparameters"]
+__all__ = ["load_config", "apply_overrides", "check_device", "check_efl_hyperparameters"]
 
 
 def load_config(config_file: str, overrides: Sequence[str] = ()):
-    """``LazyConfig.load`` + :func:`apply_overrides` + :func:`check_efl_hyperparameters`."""
+    """``LazyConfig.load`` + :func:`apply_overrides` + :func:`check_device` +
+    :func:`check_efl_hyperparameters`."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file {config_file} not found (--config-file).")
     cfg = LazyConfig.load(config_file)
     apply_overrides(cfg, overrides)
+    check_device(cfg)
     check_efl_hyperparameters(cfg)
     return cfg
+
+
+def check_device(cfg) -> None:
+    """A ``train.device`` of ``cuda`` needs a CUDA device that torch can use."""
+    device = str(cfg.train.get("device", "cpu"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+        raise ConfigError(
+            f"The config runs on train.device={device!r}, but torch ({torch.__version__}, "
+            f"{build} build) sees no CUDA device on this machine. Add train.device=cpu to the "
+            "command line to run on the CPU (slow for the LVIS configs), or run on a machine "
+            "with a GPU and a CUDA build of torch (EFL_TORCH_PACKAGES / EFL_TORCH_PIP_ARGS in "
+            "scripts/setup_env.sh)."
+        )
 
 
 def apply_overrides(cfg, overrides: Sequence[str]):

@@ -16,8 +16,8 @@ without writing anything after the last good checkpoint; a failed run is not eva
 
 import json
 import logging
+import math
 import os
-import re
 import weakref
 from typing import List
 
@@ -25,7 +25,8 @@ import torch
 
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, SimpleTrainer, TrainerBase, default_writers, hooks
+from detectron2.engine import (AMPTrainer, SimpleTrainer, TrainerBase, create_ddp_model,
+                               default_writers, hooks)
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
@@ -85,12 +86,16 @@ class Trainer(TrainerBase):
         data_loader = self.build_train_loader(cfg)
         resolve_epoch_schedule(cfg, data_loader)  # train.epochs -> train.max_iter
 
-        ddp_args = {k: v for k, v in cfg.train.get("ddp", {}).items() if k != "fp16_compression"}
-        model = compat.create_ddp_model(model, **ddp_args)
+        ddp_args = dict(cfg.train.get("ddp", {}))
+        if not next(model.parameters()).is_cuda:
+            ddp_args.setdefault("device_ids", None)  # DDP takes no device ids for CPU modules
+        model = create_ddp_model(model, **ddp_args)
+        model.register_forward_hook(self._stop_on_non_finite_losses)
         use_amp = cfg.train.get("amp", {}).get("enabled", False)
         if use_amp and not torch.cuda.is_available():
-            logger.warning("train.amp.enabled needs CUDA; training in float32 on CPU")
-            use_amp = False  # compat (8): AMPTrainer asserts CUDA in v0.6
+            logger.warning("train.amp.enabled needs CUDA (Detectron2's AMPTrainer); training "
+                           "in float32 on CPU")
+            use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -151,7 +156,6 @@ class Trainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg):
-        compat.restore_numpy_aliases()  # compat (1): LVISEval on numpy >= 1.24
         if "output_dir" not in cfg.dataloader.evaluator or cfg.dataloader.evaluator.output_dir is None:
             cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
         return instantiate(cfg.dataloader.evaluator)
@@ -220,24 +224,30 @@ class Trainer(TrainerBase):
 
     def run_step(self):
         self._trainer.iter = self.iter
-        try:
-            self._trainer.run_step()
-        except FloatingPointError as e:  # SimpleTrainer's check of the all-reduced losses
-            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
-            losses = str(e).strip().splitlines()[-1].replace("loss_dict = ", "")
-            losses = re.sub(r"np\.float\d+\(([^)]*)\)", r"\1", losses)  # numpy 2 reprs
-            raise TrainingDiverged(
-                f"Training stopped at iteration {self.iter}: the loss became NaN or infinite "
-                f"(losses: {losses}). Nothing was saved after the last good checkpoint"
-                + (f", {last}" if last else " (none was written yet)")
-                + ". Lower optimizer.lr or lengthen the warm-up (lr_multiplier), check the "
-                "training boxes, then rerun"
-                + (" with --resume to continue from that checkpoint." if last else ".")
-            ) from None
+        self._trainer.run_step()
+
+    def _stop_on_non_finite_losses(self, model, inputs, losses):
+        """Forward hook: a NaN/infinite training loss stops the run before its backward
+        pass, on whichever worker meets it, so no later step or checkpoint happens."""
+        if not model.training or not isinstance(losses, dict):
+            return
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if all(math.isfinite(v) for v in values.values()):
+            return
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+        shown = ", ".join(f"{k}: {v:.4g}" for k, v in values.items())
+        raise TrainingDiverged(
+            f"Training stopped at iteration {self.iter}: the loss became NaN or infinite "
+            f"(losses: {shown}). Nothing was saved after the last good checkpoint"
+            + (f", {last}" if last else " (none was written yet)")
+            + ". Lower optimizer.lr or lengthen the warm-up (lr_multiplier), check the "
+            "training boxes, then rerun"
+            + (" with --resume to continue from that checkpoint." if last else ".")
+        )
 
     def state_dict(self):
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()  # compat (5): optimizer state
+        ret["_trainer"] = self._trainer.state_dict()  # optimizer state, as DefaultTrainer
         if hasattr(self.data_loader, "state_dict"):
             ret["data_loader"] = self.data_loader.state_dict()
         return ret

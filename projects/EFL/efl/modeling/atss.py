@@ -24,7 +24,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..compat import group_norm
+from ..compat import head_norm
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
 from .fpn import LastLevelP6P7
@@ -121,10 +121,10 @@ class ATSSHead(RetinaNetHead):
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes, num_anchors, conv_dims,
-                 norm=group_norm, prior_prob=0.001):
+                 norm="GN", prior_prob=0.001):
         """Arguments as :class:`RetinaNetHead`; ``norm`` defaults to GroupNorm(32)."""
         super().__init__(input_shape=input_shape, num_classes=num_classes,
-                         num_anchors=num_anchors, conv_dims=conv_dims, norm=norm,
+                         num_anchors=num_anchors, conv_dims=conv_dims, norm=head_norm(norm),
                          prior_prob=prior_prob)
         self.iou_pred = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.iou_pred.weight, mean=0, std=0.01)
@@ -133,8 +133,7 @@ class ATSSHead(RetinaNetHead):
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
         ret = super().from_config(cfg, input_shape)
-        norm = cfg.MODEL.ATSS.HEAD_NORM
-        ret["norm"] = group_norm if norm == "GN" else norm  # compat (2)
+        ret["norm"] = cfg.MODEL.ATSS.HEAD_NORM
         return ret
 
     def forward(self, features: List[torch.Tensor]):

@@ -7,10 +7,9 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.modeling.meta_arch.fcos import FCOSHead
-from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from ..compat import FCOS, group_norm
+from ..compat import FCOS, head_norm, matched_box_tensors
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
 from .retinanet import check_efl_matches, foreground_one_hot
@@ -24,7 +23,7 @@ class EFLFCOS(FCOS):
 
     Like :class:`EFLRetinaNet`: the loss is the submodule ``efl`` and the normaliser is
     FCOS's own EMA of the positive count. Built from YAML through ``MODEL.FCOS`` (added by
-    :func:`efl.config.add_efl_config`, since Detectron2 v0.6 has no FCOS options).
+    :func:`efl.config.add_efl_config`: Detectron2 has no FCOS options).
     """
 
     @configurable
@@ -43,7 +42,7 @@ class EFLFCOS(FCOS):
             input_shape=feature_shapes,
             num_classes=fcos.NUM_CLASSES,
             conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
-            norm=group_norm if fcos.HEAD_NORM == "GN" else fcos.HEAD_NORM,
+            norm=head_norm(fcos.HEAD_NORM),
             prior_prob=fcos.PRIOR_PROB,
         )
         return {
@@ -77,10 +76,8 @@ class EFLFCOS(FCOS):
         targets = foreground_one_hot(gt_labels.flatten(), self.num_classes)  # (N * R, K)
         loss_cls = self.efl(torch.cat(pred_logits, dim=1).flatten(0, 1), targets, normalizer)
 
-        # v0.6 passes Boxes, main passes tensors: the box loss takes tensors either way.
-        box_tensors = [b.tensor if isinstance(b, Boxes) else b for b in gt_boxes]
         loss_box_reg = _dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, box_tensors, pos_mask,
+            anchors, self.box2box_transform, pred_anchor_deltas, matched_box_tensors(gt_boxes), pos_mask,
             box_reg_loss_type="giou",
         )
         ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
