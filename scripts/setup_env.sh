@@ -5,6 +5,7 @@
 #
 # Safe to run twice: a stamp keyed on this script, pyproject.toml and the requested
 # Detectron2 source makes a second run a no-op; a change of source rebuilds Detectron2.
+# Without any EFL_D2_* variable, the Detectron2 already in the venv is kept.
 #
 # Environment knobs:
 #   EFL_VENV            where the venv lives                      (default: <repo>/.venv)
@@ -47,6 +48,12 @@ case "$D2_SOURCE" in
       REQUEST="path $D2_PATH $(git -C "$D2_PATH" rev-parse HEAD 2>/dev/null || echo unversioned)"
     fi ;;
 esac
+
+# Nothing asked for explicitly: keep the Detectron2 an earlier run installed (e.g. from
+# EFL_D2_SOURCE=<path>), so the README's plain commands never swap it.
+if [ -z "${EFL_D2_SOURCE:-}${EFL_D2_GIT_URL:-}${EFL_D2_COMMIT:-}" ] && [ -f "$VENV/.efl-detectron2-request" ]; then
+  REQUEST="$(cat "$VENV/.efl-detectron2-request")"
+fi
 
 STAMP_KEY="$(cat "$ROOT/scripts/setup_env.sh" "$ROOT/pyproject.toml" <(echo "$REQUEST") | sha256sum | cut -c1-16)"
 STAMP="$VENV/.efl-setup-$STAMP_KEY"
