@@ -28,7 +28,8 @@ from detectron2.utils.logger import setup_logger
 
 from efl.checkpoint import EFLCheckpointer
 from efl.compat import launch
-from efl.engine import Trainer, load_config
+from efl.data import prepare_datasets
+from efl.engine import Trainer, dataset_names, load_config, plan_run, quiet_input_error_tracebacks
 from efl.errors import InputError
 
 logger = logging.getLogger("efl.train_net")
@@ -61,13 +62,15 @@ def main(args):
         default_setup(cfg, args)
         setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank(), name="efl",
                      abbrev_name="efl")
+        quiet_input_error_tracebacks()
         if args.eval_only:
+            prepare_datasets(dataset_names(cfg.dataloader.test))
             model = Trainer.build_model(cfg)
             EFLCheckpointer(model, cfg.train.output_dir).resume_or_load(
                 cfg.train.init_checkpoint, resume=args.resume
             )
             return Trainer.test(cfg, model)
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, plan_run(cfg, resume=args.resume))
         trainer.resume_or_load(resume=args.resume)
         return trainer.train()
     except InputError as e:

@@ -9,6 +9,7 @@ from detectron2.config import LazyConfig, instantiate
 from omegaconf import OmegaConf
 
 from conftest import ROOT
+from efl.engine import prepare_run_datasets
 
 LVIS = sorted(glob.glob(os.path.join(ROOT, "configs/LVISv1/*.py")))
 SYNTHETIC = sorted(glob.glob(os.path.join(ROOT, "configs/Synthetic/*.py")))
@@ -47,11 +48,13 @@ def test_config_layout_and_model_instantiates(path):
         assert key in cfg.train, key
     assert "period" in cfg.train.checkpointer
     assert {"train", "test", "evaluator"} <= set(cfg.dataloader)
+    if "Synthetic" in path:  # generated once, as a run would (the model reads its groups)
+        prepare_run_datasets(cfg)
     model = instantiate(cfg.model)
     assert model.max_detections_per_image == 300
     assert model.test_score_thresh <= 1e-3
-    if cfg.train.get("epochs"):  # resolved by the trainer from the loader; any values here
-        cfg.train.epoch_starts = [100 * e for e in range(cfg.train.epochs + 1)]
+    if cfg.train.get("epochs"):  # resolved by the run plan from the loader; any values here
+        cfg.lr_multiplier.epoch_starts = [100 * e for e in range(cfg.train.epochs + 1)]
     instantiate(cfg.lr_multiplier)
     if "efl" in cfg.model:
         assert model.efl.num_classes == model.num_classes
@@ -138,7 +141,7 @@ def test_improved_recipe_matches_the_authors_table(path):
     lr = cfg.lr_multiplier
     assert list(lr.milestones) == [16, 22] and lr.warmup_epochs == 1 and lr.warmup_factor == 0.001
     # The schedule, with 1000 iterations per epoch: warm-up over epoch 0, then 1, 0.1, 0.01.
-    cfg.train.epoch_starts = [1000 * e for e in range(25)]
+    cfg.lr_multiplier.epoch_starts = [1000 * e for e in range(25)]
     sched = instantiate(cfg.lr_multiplier)
     at = lambda it: sched(it / 24000)  # noqa: E731
     assert abs(at(0) - 0.001) < 1e-9 and 0.4 < at(500) < 0.6

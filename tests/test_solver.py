@@ -12,7 +12,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
 from conftest import ROOT, shrink_to_tiny
-from efl.engine import Trainer
+from efl.engine import Trainer, plan_run
 from efl.errors import InputError
 from efl.solver import add_gradient_clipping, multistep_in_epochs
 
@@ -33,8 +33,8 @@ def test_epochs_resolve_to_iterations_from_the_loader(tiny_dataset, tmp_path):
     cfg = tiny_improved_config(tiny_dataset, str(tmp_path), epochs=3, batch=4)
     trainer = Trainer(cfg)
     # 40 square images (one aspect-ratio group), batches of 4, no RFS: 10 per epoch.
-    assert cfg.train.epoch_starts == [0, 10, 20, 30] and trainer.max_iter == 30
-    sched = instantiate(cfg.lr_multiplier)
+    assert trainer.plan.epoch_starts == [0, 10, 20, 30] and trainer.max_iter == 30
+    sched = trainer.scheduler._multiplier
     assert abs(sched(0.0) - 0.001) < 1e-9  # linear warm-up over half an epoch (5 iterations)
     assert sched(5 / 30) == sched(9 / 30) == 1.0
     assert abs(sched(10 / 30) - 0.1) < 1e-12 and abs(sched(29 / 30) - 0.1) < 1e-12
@@ -44,13 +44,13 @@ def test_epochs_with_ceil_rounded_repeat_factors(tiny_dataset, tmp_path):
     cfg = tiny_improved_config(tiny_dataset, str(tmp_path), epochs=2, batch=4)
     cfg.dataloader.train.repeat_thresh = 0.3
     cfg.dataloader.train.repeat_rounding = "ceil"
-    Trainer(cfg)
+    trainer = Trainer(cfg)
     factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
         DatasetCatalog.get(f"{tiny_dataset}_train"), 0.3
     )
     per_epoch = int(torch.ceil(factors - 1e-6).sum().item()) // 4
     assert per_epoch > 10  # the repeats lengthen the epoch
-    assert cfg.train.epoch_starts == [0, per_epoch, 2 * per_epoch]
+    assert trainer.plan.epoch_starts == [0, per_epoch, 2 * per_epoch]
 
 
 def test_epochs_need_a_loader_that_knows_them(tiny_dataset, tmp_path):
@@ -120,23 +120,26 @@ def test_resume_follows_the_epochs_of_the_checkpointed_data_stream(tiny_dataset,
     """Stochastic RFS rounding: epoch lengths depend on the loader's seed; a run resumed
     with another seed continues the checkpoint's stream and its schedule."""
 
-    def trainer(seed):
+    def config(seed):
         cfg = tiny_improved_config(tiny_dataset, str(tmp_path), epochs=3, batch=4)
         cfg.dataloader.train.repeat_thresh = 0.3
         cfg.dataloader.train.seed = seed
-        return cfg, Trainer(cfg)
+        return cfg
 
-    cfg1, first = trainer(1)
-    other = next(s for s in range(2, 50) if trainer(s)[0].train.epoch_starts != cfg1.train.epoch_starts)
+    first = Trainer(config(1))
+    other = next(s for s in range(2, 50)
+                 if plan_run(config(s)).epoch_starts != first.plan.epoch_starts)
     first.iter = 7
     first.scheduler.step()  # a scheduler state that is not the initial one
     first.checkpointer.save("model_0000007")
-    cfg2, resumed = trainer(other)
-    assert cfg2.train.epoch_starts != cfg1.train.epoch_starts
+    assert plan_run(config(other)).epoch_starts != first.plan.epoch_starts
+    with pytest.raises(InputError, match="plan_run\\(cfg, resume=True\\)"):
+        Trainer(config(other)).resume_or_load(resume=True)  # planned as a fresh run
+    resumed = Trainer(config(other), plan_run(config(other), resume=True))
     resumed.resume_or_load(resume=True)
     assert resumed.start_iter == 8 and resumed.data_loader.dataset.seed == 1
-    assert cfg2.train.epoch_starts == cfg1.train.epoch_starts
-    assert resumed.max_iter == first.max_iter == cfg1.train.epoch_starts[-1]
+    assert resumed.plan.epoch_starts == first.plan.epoch_starts
+    assert resumed.max_iter == first.max_iter == first.plan.epoch_starts[-1]
     assert resumed.scheduler.last_epoch == first.scheduler.last_epoch
     with open(os.path.join(str(tmp_path), "run_info.json")) as f:
         assert json.load(f)["max_iter"] == first.max_iter

@@ -9,7 +9,7 @@ Recipe (the authors' table, row by row; where each is set):
   over the first epoch from 0.001 x; total gradient L2 norm clipped at 35; 24 epochs over the
   RFS-expanded training set, LR x0.1 at the start of epochs 16 and 22 (below).
 - The epochs are resolved to iterations at start-up from the loaded training set and its
-  sampler and logged (efl.solver.resolve_epoch_schedule): LVIS v1 train has 100,170 images;
+  sampler and logged (efl.engine.plan_run): LVIS v1 train has 100,170 images;
   an epoch is its RFS-expanded set cut into global batches of 16.
 """
 
@@ -41,7 +41,6 @@ train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
 train.output_dir = "./output/lvis_v1/focal_improved_R_50_FPN_24ep"
 
 lr_multiplier = L(multistep_in_epochs)(
-    epoch_starts="${train.epoch_starts}",
     milestones=[16, 22],
     warmup_epochs=1,
     warmup_factor=0.001,

@@ -33,7 +33,6 @@ train.clip_grad = dict(enabled=True, max_norm=35.0, norm_type=2.0)
 train.output_dir = "./output/synthetic/improved_focal"
 
 lr_multiplier = L(multistep_in_epochs)(
-    epoch_starts="${train.epoch_starts}",
     milestones=[6, 7],
     warmup_epochs=0.8,  # 200 iterations, as retinanet_focal.py
     warmup_factor=0.001,

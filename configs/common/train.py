@@ -14,10 +14,9 @@ train = dict(
     log_period=20,
     device="cuda",
     seed=-1,
-    # This project's additions (efl.solver): a schedule in epochs, resolved at start-up to
-    # max_iter and epoch_starts (iteration at which each epoch starts) from the training
-    # loader; and clipping of the total gradient norm.
+    # This project's additions (efl.solver): a schedule in epochs, resolved at start-up
+    # from the training loader (efl.engine.plan_run; it then replaces max_iter); and
+    # clipping of the total gradient norm.
     epochs=None,
-    epoch_starts=None,
     clip_grad=dict(enabled=False, max_norm=35.0, norm_type=2.0),
 )

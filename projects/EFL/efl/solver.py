@@ -2,14 +2,13 @@
 for: clipping the total gradient norm, and LR schedules given in epochs.
 
 Config keys (``train``): ``clip_grad = dict(enabled, max_norm, norm_type)``, and
-``epochs``: when set, the trainer resolves it at start-up, from the training loader's
-epochs (the repeat-factor-expanded set cut into global batches), to ``train.max_iter`` and
-``train.epoch_starts`` (the iteration at which each epoch starts), and logs both. An LR
-multiplier written in epochs (:func:`multistep_in_epochs`) reads ``train.epoch_starts``.
+``epochs``: when set, the run plan (:func:`efl.engine.plan_run`) resolves it at start-up,
+from the training loader's epochs (the repeat-factor-expanded set cut into global batches),
+to the run's ``max_iter`` and the iteration at which each epoch starts. An LR multiplier
+written in epochs (:func:`multistep_in_epochs`) gets those epoch starts from the trainer.
 """
 
-import logging
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,9 +19,7 @@ from detectron2.solver.build import _generate_optimizer_class_with_gradient_clip
 
 from .errors import InputError
 
-__all__ = ["add_gradient_clipping", "multistep_in_epochs", "resolve_epoch_schedule"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["add_gradient_clipping", "multistep_in_epochs"]
 
 
 def add_gradient_clipping(optimizer: torch.optim.Optimizer, max_norm: float,
@@ -46,40 +43,10 @@ def add_gradient_clipping(optimizer: torch.optim.Optimizer, max_norm: float,
     return optimizer
 
 
-def resolve_epoch_schedule(cfg, loader) -> Optional[List[int]]:
-    """If ``cfg.train.epochs`` is set: set ``cfg.train.max_iter`` and ``cfg.train.epoch_starts``
-    from ``loader`` (which must expose ``epoch_starts(num_epochs)``, as
-    ``efl.data.lvis.build_train_loader``'s loader does) and log them. Returns the epoch starts
-    (or None)."""
-    epochs = cfg.train.get("epochs")
-    if epochs is None:
-        return None
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise InputError(f"train.epochs must be a positive integer; got {epochs!r}")
-    if not hasattr(loader, "epoch_starts"):
-        raise InputError(
-            f"train.epochs={epochs} needs a training loader that knows its epochs; "
-            f"dataloader.train builds a {type(loader).__name__}. Use "
-            "efl.data.lvis.build_train_loader, or set train.epochs=None and train.max_iter."
-        )
-    starts = [int(s) for s in loader.epoch_starts(epochs)]
-    lengths = np.diff(starts)
-    logger.info(
-        f"Schedule: train.epochs={epochs} epochs of "
-        + (f"{lengths[0]}" if lengths.min() == lengths.max() else f"{lengths.min()}-{lengths.max()}")
-        + f" iterations ({getattr(loader, 'describe_epoch', lambda: '')()}) -> train.max_iter="
-        f"{starts[-1]}" + (f" (the config's {cfg.train.max_iter} is replaced)"
-                           if cfg.train.get("max_iter") not in (None, starts[-1]) else "")
-    )
-    cfg.train.max_iter = starts[-1]
-    cfg.train.epoch_starts = starts
-    return starts
-
-
 def multistep_in_epochs(
     *,
-    epoch_starts: Optional[Sequence[int]],
     milestones: Sequence[int],
+    epoch_starts: Optional[Sequence[int]] = None,
     warmup_epochs: float = 0.0,
     warmup_factor: float = 0.001,
     gamma: float = 0.1,
@@ -89,9 +56,9 @@ def multistep_in_epochs(
     (may be fractional) epochs.
 
     Args:
-        epoch_starts: iteration at which each epoch starts, one more entry than epochs
-            (the last is ``train.max_iter``); configs pass ``"${train.epoch_starts}"``.
         milestones: epochs (integers) at whose start the LR drops, e.g. [16, 22].
+        epoch_starts: iteration at which each epoch starts, one more entry than epochs
+            (the last is the run's ``max_iter``); the trainer passes the run plan's.
     """
     if epoch_starts is None:
         raise InputError(

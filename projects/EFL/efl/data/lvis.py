@@ -7,7 +7,8 @@ Detectron2 registers ``lvis_v1_train`` / ``lvis_v1_val`` itself, under
 LVIS format (category ids 1..K, images named by ``coco_url``'s last two components).
 
 Every load of one of these datasets (Detectron2's ``lvis_v1_{train,val}`` included: their
-loaders are wrapped on import) is checked once, after Detectron2's ``load_lvis_json``:
+loaders are wrapped by :func:`prepare_datasets`) is checked once, after Detectron2's
+``load_lvis_json``:
 
 - file missing, not valid JSON, or not LVIS-shaped -> :class:`DatasetFormatError` naming
   the file and the first offending entry and field (the shape is diagnosed only when the
@@ -98,10 +99,12 @@ def register_lvis_format(
 
 
 def _check_builtin_lvis_loads() -> None:
-    """Route Detectron2's own ``lvis_v1_{train,val}`` through :func:`load_lvis_format`."""
+    """Route Detectron2's own ``lvis_v1_{train,val}`` through :func:`load_lvis_format`
+    (once; the only change this project makes to Detectron2's catalog)."""
     for name in _BUILTIN_LVIS:
         meta = MetadataCatalog.get(name)
-        if name in DatasetCatalog.list() and meta.get("json_file"):
+        if name in DatasetCatalog.list() and meta.get("json_file") and not meta.get("efl_checked"):
+            meta.set(efl_checked=True)
             DatasetCatalog.remove(name)
             image_root = os.path.join(meta.image_root, "")
             DatasetCatalog.register(name, partial(load_lvis_format, name, meta.json_file, image_root))
@@ -345,6 +348,8 @@ def prepare_datasets(names: Sequence[str]) -> None:
         DatasetFilesMissing: with the expected path and how to fix it.
         DatasetFormatError: the annotation file is not valid JSON / not LVIS-shaped.
     """
+    if any(name in _BUILTIN_LVIS for name in names):
+        _check_builtin_lvis_loads()
     for name in dict.fromkeys(names):
         if name not in DatasetCatalog.list():
             raise InputError(
@@ -383,16 +388,27 @@ def _read_categories(json_file: str) -> List[dict]:
 def frequency_groups(dataset_name: str, required: bool = True) -> Optional[List[str]]:
     """The LVIS frequency group ('r'/'c'/'f') of every class of a dataset, in class order.
 
-    Taken from the metadata ``class_groups`` (set by :func:`prepare_datasets` from the
-    categories' ``frequency``), or from Detectron2's LVIS v1 categories for ``lvis_v1_*``.
+    Taken from Detectron2's LVIS v1 categories for ``lvis_v1_*``; otherwise from the
+    metadata ``class_groups`` (set by :func:`prepare_datasets` from the categories'
+    ``frequency``), or, before that, read from the annotation file's categories. Creates
+    nothing: a dataset whose files do not exist yet (e.g. not generated) is an error.
     Returns None (or raises, if ``required``) when the dataset has no frequencies.
     """
     if dataset_name.startswith("lvis_v1"):
         return [c["frequency"] for c in sorted(LVIS_V1_CATEGORIES, key=lambda c: c["id"])]
     meta = MetadataCatalog.get(dataset_name)
-    if "class_groups" not in meta.as_dict() and dataset_name in DatasetCatalog.list():
-        prepare_datasets([dataset_name])
     groups = meta.get("class_groups")
+    json_file = meta.get("json_file")
+    if groups is None and "thing_classes" not in meta.as_dict() and json_file:
+        if not os.path.isfile(json_file):
+            raise DatasetFilesMissing(
+                f"Dataset '{dataset_name}': {json_file} does not exist (yet). A run creates "
+                "generated datasets before it builds the model (efl.engine.plan_run); outside "
+                f"a run, call efl.data.prepare_datasets(['{dataset_name}']) first."
+            )
+        categories = _read_categories(json_file)
+        if all("frequency" in c for c in categories):
+            groups = [c["frequency"] for c in categories]
     if groups is None and required:
         raise ValueError(
             f"dataset '{dataset_name}' has no per-class frequency (LVIS categories' "
@@ -446,5 +462,3 @@ def build_train_loader(
         num_workers=num_workers, aspect_ratio_grouping=aspect_ratio_grouping,
     )
 
-
-_check_builtin_lvis_loads()

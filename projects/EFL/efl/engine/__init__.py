@@ -1,10 +1,16 @@
-"""Training: the LazyConfig ``Trainer``, its hooks, and config checks."""
+"""Training: the run plan, the LazyConfig ``Trainer``, its hooks, and config checks."""
 
 from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
-from .trainer import Trainer
+from .setup import RunPlan, dataset_names, plan_run, prepare_run_datasets
+from .trainer import Trainer, quiet_input_error_tracebacks
 
 __all__ = [
+    "RunPlan",
+    "dataset_names",
+    "plan_run",
+    "prepare_run_datasets",
+    "quiet_input_error_tracebacks",
     "Trainer",
     "EFLSummaryLogger",
     "ResumeState",

@@ -72,7 +72,7 @@ def apply_overrides(cfg, overrides: Sequence[str]):
     return cfg
 
 
-def _target_parameters(target) -> List[str]:
+def target_parameters(target) -> List[str]:
     """Keyword arguments ``target`` (a class, function or dotted name) accepts; [] when
     unknown. Follows ``**kwargs`` of ``__init__`` into the base classes."""
     if isinstance(target, str):
@@ -106,7 +106,7 @@ def _check_key(cfg, key: str, text: str) -> None:
         if part in keys:
             node, path = node[part], path + [part]
             continue
-        accepted = _target_parameters(node["_target_"]) if "_target_" in keys else []
+        accepted = target_parameters(node["_target_"]) if "_target_" in keys else []
         if part in accepted and part == key.split(".")[-1]:
             return  # an argument of the LazyCall's target that the config leaves at its default
         close = difflib.get_close_matches(part, keys + accepted, n=1)

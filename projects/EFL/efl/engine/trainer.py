@@ -14,12 +14,13 @@ uninterrupted run. A NaN/infinite loss stops training (:class:`efl.errors.Traini
 without writing anything after the last good checkpoint; a failed run is not evaluated.
 """
 
+import copy
 import json
 import logging
 import math
 import os
 import weakref
-from typing import List
+from typing import Optional
 
 import torch
 
@@ -34,32 +35,29 @@ from detectron2.utils import comm
 from .. import compat
 from ..checkpoint import EFLCheckpointer, atomic_write
 from ..data.lvis import prepare_datasets
-from ..errors import InputError, TrainingDiverged
+from ..errors import ConfigError, InputError, TrainingDiverged
 from ..rng import preserve_rng_state
-from ..solver import add_gradient_clipping, resolve_epoch_schedule
-from .config_checks import check_efl_hyperparameters
+from ..solver import add_gradient_clipping
+from .config_checks import check_efl_hyperparameters, target_parameters
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
+from .setup import RunPlan, dataset_names, plan_run
 
-__all__ = ["Trainer", "dataset_names"]
+__all__ = ["Trainer", "dataset_names", "quiet_input_error_tracebacks"]
 
 logger = logging.getLogger(__name__)
 
 
 class _NoTracebackForInputErrors(logging.Filter):
-    """``TrainerBase.train`` logs every exception with its stack trace; an InputError's
-    message says it all (train_net.py prints it)."""
-
     def filter(self, record):
         return not (record.exc_info and isinstance(record.exc_info[1], InputError))
 
 
-logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForInputErrors())
-
-
-def dataset_names(node) -> List[str]:
-    """The dataset names a ``dataloader.{train,test}`` node reads (``dataset.names``)."""
-    names = node.dataset.names
-    return [names] if isinstance(names, str) else list(names)
+def quiet_input_error_tracebacks() -> None:
+    """``TrainerBase.train`` logs every exception with its stack trace; an InputError's
+    message says it all (``train_net.py`` prints it). Called once by ``train_net.py``."""
+    train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
+    if not any(isinstance(f, _NoTracebackForInputErrors) for f in train_loop_logger.filters):
+        train_loop_logger.addFilter(_NoTracebackForInputErrors())
 
 
 def _unwrap(model):
@@ -78,13 +76,14 @@ class Trainer(TrainerBase):
     states and loss normaliser (``ResumeState``).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, plan: Optional[RunPlan] = None):
+        """``plan``: from :func:`efl.engine.plan_run` (default: ``plan_run(cfg)``, a fresh
+        run; ``train_net.py`` passes ``plan_run(cfg, resume=args.resume)``)."""
         super().__init__()
-        prepare_datasets(dataset_names(cfg.dataloader.train) + dataset_names(cfg.dataloader.test))
+        plan = plan or plan_run(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        resolve_epoch_schedule(cfg, data_loader)  # train.epochs -> train.max_iter
+        data_loader = plan.train_loader
 
         ddp_args = dict(cfg.train.get("ddp", {}))
         if not next(model.parameters()).is_cuda:
@@ -98,10 +97,11 @@ class Trainer(TrainerBase):
             use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
 
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer, plan)
         self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self))
         self.start_iter = 0
-        self.max_iter = cfg.train.max_iter
+        self.max_iter = plan.max_iter
+        self.plan = plan
         self.cfg = cfg
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
@@ -133,8 +133,9 @@ class Trainer(TrainerBase):
     def build_optimizer(cls, cfg, model):
         """``cfg.optimizer``, clipping the total gradient norm first if
         ``train.clip_grad.enabled`` (``max_norm``, ``norm_type``)."""
-        cfg.optimizer.params.model = model
-        optimizer = instantiate(cfg.optimizer)
+        node = copy.deepcopy(cfg.optimizer)
+        node.params.model = model
+        optimizer = instantiate(node)
         clip = cfg.train.get("clip_grad") or {}
         if clip.get("enabled", False):
             add_gradient_clipping(optimizer, clip.max_norm, clip.get("norm_type", 2.0))
@@ -143,8 +144,14 @@ class Trainer(TrainerBase):
         return optimizer
 
     @classmethod
-    def build_lr_scheduler(cls, cfg, optimizer):
-        return LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
+    def build_lr_scheduler(cls, cfg, optimizer, plan: RunPlan):
+        """``lr_multiplier`` over the plan's ``max_iter``; a multiplier in epochs
+        (``multistep_in_epochs``) gets the plan's epoch starts."""
+        node = cfg.lr_multiplier
+        if plan.epoch_starts is not None and "epoch_starts" in target_parameters(node._target_):
+            node = copy.deepcopy(node)
+            node.epoch_starts = plan.epoch_starts
+        return LRMultiplier(optimizer, instantiate(node), plan.max_iter)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -156,9 +163,13 @@ class Trainer(TrainerBase):
 
     @classmethod
     def build_evaluator(cls, cfg):
-        if "output_dir" not in cfg.dataloader.evaluator or cfg.dataloader.evaluator.output_dir is None:
-            cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
-        return instantiate(cfg.dataloader.evaluator)
+        """``dataloader.evaluator``, writing to ``train.output_dir/inference`` unless it
+        names its own ``output_dir``."""
+        node = cfg.dataloader.evaluator
+        if node.get("output_dir") is None:
+            node = copy.deepcopy(node)
+            node.output_dir = os.path.join(cfg.train.output_dir, "inference")
+        return instantiate(node)
 
     def build_hooks(self):
         cfg = self.cfg
@@ -201,22 +212,14 @@ class Trainer(TrainerBase):
                 )
             if comm.is_main_process():
                 _drop_metrics_after(os.path.join(self.cfg.train.output_dir, "metrics.json"), self.iter)
-            self._follow_resumed_epochs()
-
-    def _follow_resumed_epochs(self):
-        """With ``train.epochs`` and stochastic RFS rounding the epoch lengths depend on the
-        data-stream seed; a resumed run continues the checkpoint's stream, so its schedule
-        (max_iter, LR milestones) is resolved again from that stream."""
-        before = self.cfg.train.get("epoch_starts")
-        if not self.cfg.train.get("epochs") or resolve_epoch_schedule(
-            self.cfg, self.data_loader
-        ) == list(before or []):
-            return
-        self.max_iter = self.cfg.train.max_iter
-        self.scheduler = LRMultiplier(self.optimizer, instantiate(self.cfg.lr_multiplier),
-                                      self.max_iter, last_iter=self.scheduler.last_epoch - 1)
-        if comm.is_main_process():
-            self._write_run_info()
+            starts = self.plan.epoch_starts
+            if starts is not None and loader.epoch_starts(len(starts) - 1) != starts:
+                raise ConfigError(
+                    "The checkpoint's data stream has other epoch lengths than this run's plan "
+                    "(made for a fresh run): with train.epochs the schedule follows the "
+                    "checkpoint's stream. Build the trainer with "
+                    "Trainer(cfg, plan_run(cfg, resume=True)), as train_net.py --resume does."
+                )
 
     def train(self):
         super().train(self.start_iter, self.max_iter)
@@ -268,7 +271,7 @@ class Trainer(TrainerBase):
     @classmethod
     def test(cls, cfg, model, evaluator=None):
         """Evaluate ``model`` on ``dataloader.test`` with ``dataloader.evaluator``."""
-        prepare_datasets(dataset_names(cfg.dataloader.test))
+        prepare_datasets(dataset_names(cfg.dataloader.test))  # no-op when already prepared
         data_loader = cls.build_test_loader(cfg)
         evaluator = evaluator or cls.build_evaluator(cfg)
         results = inference_on_dataset(model, data_loader, evaluator)
