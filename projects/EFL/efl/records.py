@@ -32,7 +32,7 @@ __all__ = [
 
 FREQUENCY_GROUPS = ("r", "c", "f")  # LVIS: rare (1-10 training images), common, frequent
 RARE, COMMON, FREQUENT = FREQUENCY_GROUPS
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
+GROUP_NAMES = dict(zip(FREQUENCY_GROUPS, ("rare", "common", "frequent")))
 ALL_CLASSES = "all"
 SUMMARY_GROUPS = (ALL_CLASSES,) + FREQUENCY_GROUPS
 EFL_STATS = ("pos_neg", "gamma")  # g and the focusing factor, as the loss names them
