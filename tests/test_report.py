@@ -1,4 +1,4 @@
-"""The comparison report (efl.report.compare, tools/compare.py) on fabricated output
+"""The comparison report (efl.report, tools/compare.py) on fabricated output
 folders over the tiny generated dataset: files, numbers, errors, the CLI."""
 
 import json
@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from efl.report.compare import (
+from efl.report import (
     METRICS,
     REPORT_FILES,
     BadRunFolder,
     MissingRunFile,
-    _iter_json_array,
     build_report,
     read_metrics,
 )
+from efl.report.runs import _iter_json_array
 
 PNGS = [f for f in REPORT_FILES if f.endswith(".png")]
 

@@ -184,13 +184,13 @@ def test_images_and_boxes(tiny, train, val):
 def test_pixels_show_the_objects(tiny, train):
     """Re-rendering reproduces the PNG; inside every box the pixels differ clearly from the
     object-free background, outside all boxes only by the pixel noise."""
-    plan = syn._plan(TINY)
+    plan = syn.tail.plan_splits(TINY)
     anns = collections.defaultdict(list)
     for a in train["annotations"]:
         anns[a["image_id"]].append(a)
     for i in range(8):
         rng = np.random.default_rng([TINY.seed, 1, i])
-        img, bg, objects = syn._render(rng, plan.train[i], plan.visuals, TINY)
+        img, bg, objects = syn.draw.render_image(rng, plan.train[i], plan.visuals, TINY)
         im = train["images"][i]
         on_disk = np.asarray(Image.open(Path(tiny["image_root"]) / syn.TRAIN_SPLIT / im["file_name"]))
         assert np.array_equal(img, on_disk)
@@ -325,7 +325,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(syn, "_categories", boom)  # after all images were written
+    monkeypatch.setattr(syn.write, "_categories", boom)  # after all images were written
     with pytest.raises(KeyboardInterrupt):
         generate_synthetic_lvis(root, TINY, progress=False)
     assert not root.exists() and os.listdir(tmp_path) == []

@@ -6,7 +6,7 @@
     python tools/compare.py --baseline A --efl B --out R --labels focal EFL --num-images 6
 
 Writes summary.md, summary.json, ap_by_group.png, efl_state_vs_instances.png,
-loss_curves.png and detections.png into --out (see efl.report.compare), then prints the
+loss_curves.png and detections.png into --out (see efl.report), then prints the
 AP table last.
 """
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[compare] %(levelname)s %(message)s",
                         stream=sys.stderr)
     from efl.errors import InputError
-    from efl.report.compare import build_report
+    from efl.report import build_report
 
     try:
         report = build_report(args.baseline, args.efl, args.out, labels=tuple(args.labels),

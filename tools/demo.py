@@ -44,13 +44,14 @@ def parse_args(argv=None):
 
 def _finished(out_dir, settings):
     """A run with these settings whose final evaluation was written."""
+    from efl.records import RunRecord
+
     try:
         with open(os.path.join(out_dir, STAMP)) as f:
             same = json.load(f) == settings
         with open(os.path.join(out_dir, "results.json")) as f:
             results = json.load(f)
-        with open(os.path.join(out_dir, "run_info.json")) as f:
-            done = results["iteration"] == json.load(f)["max_iter"]
+        done = results["iteration"] == RunRecord.read(out_dir).max_iter
         return same and done
     except (OSError, ValueError, KeyError):
         return False
@@ -99,7 +100,7 @@ def main(argv=None):
             train(prefix + name, config, seed, out_dir, args.opts)
             runs[name].append(out_dir)
 
-    from efl.report.compare import build_report
+    from efl.report import build_report
 
     report_dir = os.path.join(output, prefix + "report")
     report = build_report(runs["focal"], runs["efl"], report_dir, labels=("focal", "EFL"))

@@ -21,18 +21,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import fused_equalized_focal_loss
+from .records import ALL_CLASSES, FREQUENCY_GROUPS, efl_summary_key
 
 try:  # summaries go to Detectron2's EventStorage when one is open
     from detectron2.utils.events import get_event_storage
 except ImportError:  # pragma: no cover - the loss itself does not need Detectron2
     get_event_storage = None
 
-__all__ = ["EqualizedFocalLoss", "equalized_focal_loss", "FREQUENCY_GROUPS"]
+__all__ = [
+    "EqualizedFocalLoss", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
+    "FREQUENCY_GROUPS",
+]
 
 logger = logging.getLogger(__name__)
 
-FREQUENCY_GROUPS = ("r", "c", "f")  # LVIS: rare, common, frequent
 _EPS = 1e-10
+
+
+# The formulas of the state, for torch tensors and numpy arrays alike (the report reuses them).
+def efl_pos_neg(pos_grad, neg_grad):
+    """g = clamp(pos / (neg + 1e-10), 0, 1) from the accumulated gradients, each (K,)."""
+    return (pos_grad / (neg_grad + _EPS)).clip(0, 1)
+
+
+def efl_gamma(pos_neg, gamma_b: float, scale_factor: float):
+    """(K,) focusing factor gamma_j = gamma_b + s * (1 - g_j)."""
+    return gamma_b + scale_factor * (1 - pos_neg)
+
+
+def efl_weight(pos_neg, gamma_b: float, scale_factor: float):
+    """(K,) weighting factor w_j = gamma_j / gamma_b."""
+    return efl_gamma(pos_neg, gamma_b, scale_factor) / gamma_b
 
 
 def equalized_focal_loss(
@@ -162,12 +181,12 @@ class EqualizedFocalLoss(nn.Module):
     @property
     def gamma(self) -> torch.Tensor:
         """(K,) focusing factor of each class from the current state."""
-        return self.gamma_b + self.scale_factor * (1 - self.pos_neg)
+        return efl_gamma(self.pos_neg, self.gamma_b, self.scale_factor)
 
     @property
     def weight(self) -> torch.Tensor:
         """(K,) weighting factor of each class from the current state."""
-        return self.gamma / self.gamma_b
+        return efl_weight(self.pos_neg, self.gamma_b, self.scale_factor)
 
     def extra_repr(self) -> str:
         return (
@@ -241,7 +260,7 @@ class EqualizedFocalLoss(nn.Module):
             return
         self.pos_grad += stats[0]
         self.neg_grad += stats[1]
-        self.pos_neg.copy_((self.pos_grad / (self.neg_grad + _EPS)).clamp_(0, 1))
+        self.pos_neg.copy_(efl_pos_neg(self.pos_grad, self.neg_grad))
 
     def _check_inputs(self, logits, targets, normalizer, check_values: bool = True) -> None:
         """Types and shapes; with check_values also that non-bool targets are in {0, 1}
@@ -280,11 +299,11 @@ class EqualizedFocalLoss(nn.Module):
         except AssertionError:  # no EventStorage open: not inside a Detectron2 trainer
             return
         g, gamma = self.pos_neg, self.gamma
-        names = ["efl/pos_neg_all", "efl/gamma_all"]
+        names = [efl_summary_key("pos_neg", ALL_CLASSES), efl_summary_key("gamma", ALL_CLASSES)]
         values = [g.mean(), gamma.mean()]
         if self.group_names:
-            names += [f"efl/pos_neg_{n}" for n in self.group_names]
-            names += [f"efl/gamma_{n}" for n in self.group_names]
+            names += [efl_summary_key("pos_neg", n) for n in self.group_names]
+            names += [efl_summary_key("gamma", n) for n in self.group_names]
             values += [self._group_means @ g, self._group_means @ gamma]
         values = torch.cat([v.reshape(-1) for v in values]).tolist()  # one device sync
         storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)

@@ -11,6 +11,7 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 
 from ..losses import EqualizedFocalLoss
+from ..records import EFL_STATS, SUMMARY_GROUPS, efl_summary_key
 from ..rng import get_rng_state, set_rng_state
 
 __all__ = ["EFLSummaryLogger", "ResumeState", "EFLStateSyncCheck", "EvalHook"]
@@ -46,14 +47,11 @@ class EFLSummaryLogger(HookBase):
             return
         latest = self.trainer.storage.latest()
         parts = []
-        for stat in ("pos_neg", "gamma"):
-            values = [
-                f"{key.rsplit('_', 1)[1]}={latest[key][0]:.3f}"
-                for key in (f"efl/{stat}_{g}" for g in ("all", "r", "c", "f"))
-                if key in latest
-            ]
+        for stat, label in zip(EFL_STATS, ("g", "gamma")):
+            keys = {group: efl_summary_key(stat, group) for group in SUMMARY_GROUPS}
+            values = [f"{group}={latest[key][0]:.3f}" for group, key in keys.items() if key in latest]
             if values:
-                parts.append(f"{'g' if stat == 'pos_neg' else 'gamma'}: " + " ".join(values))
+                parts.append(f"{label}: " + " ".join(values))
         if parts:
             logger.info(f"iter: {next_iter}  EFL state  " + "  |  ".join(parts))
 

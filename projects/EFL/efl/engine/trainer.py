@@ -36,6 +36,7 @@ from .. import compat
 from ..checkpoint import EFLCheckpointer, atomic_write
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError, InputError, TrainingDiverged
+from ..records import RunRecord
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
 from .config_checks import check_efl_hyperparameters, target_parameters
@@ -296,21 +297,19 @@ class Trainer(TrainerBase):
         meta = MetadataCatalog.get(test_name)
         model = _unwrap(self.model)
         efl = getattr(model, "efl", None)
-        info = {
-            "meta_architecture": type(model).__name__,
-            "num_classes": getattr(model, "num_classes", None),
-            "efl": None if efl is None else {
+        RunRecord(
+            meta_architecture=type(model).__name__,
+            num_classes=getattr(model, "num_classes", None),
+            efl=None if efl is None else {
                 "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor, "alpha": efl.alpha,
             },
-            "train_datasets": dataset_names(self.cfg.dataloader.train),
-            "test_dataset": test_name,
-            "test_json": meta.get("json_file"),
-            "image_root": meta.get("image_root"),
-            "max_iter": self.max_iter,
-            "seed": self.cfg.train.get("seed", -1),
-        }
-        os.makedirs(self.cfg.train.output_dir, exist_ok=True)
-        _write_json_atomic(os.path.join(self.cfg.train.output_dir, "run_info.json"), info)
+            train_datasets=dataset_names(self.cfg.dataloader.train),
+            test_dataset=test_name,
+            test_json=meta.get("json_file"),
+            image_root=meta.get("image_root"),
+            max_iter=self.max_iter,
+            seed=self.cfg.train.get("seed", -1),
+        ).write(self.cfg.train.output_dir)
 
 
 def _check_num_classes(model, train_names):

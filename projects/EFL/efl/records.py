@@ -1,0 +1,114 @@
+"""What a run leaves for the tools that read it, named once: the run record
+(``run_info.json``), the EFL summary metric names and the LVIS frequency-group names.
+
+Writers (the trainer, the loss) and readers (the training log, ``efl.report``,
+``tools/demo.py``) import these instead of spelling the names themselves.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, List, Optional
+
+from .errors import InputError
+
+__all__ = [
+    "FREQUENCY_GROUPS",
+    "RARE",
+    "COMMON",
+    "FREQUENT",
+    "GROUP_NAMES",
+    "ALL_CLASSES",
+    "SUMMARY_GROUPS",
+    "EFL_STATS",
+    "efl_summary_key",
+    "RUN_INFO",
+    "RunRecord",
+    "MissingRunFile",
+    "BadRunFolder",
+    "need_file",
+    "read_json",
+]
+
+FREQUENCY_GROUPS = ("r", "c", "f")  # LVIS: rare (1-10 training images), common, frequent
+RARE, COMMON, FREQUENT = FREQUENCY_GROUPS
+GROUP_NAMES = dict(zip(FREQUENCY_GROUPS, ("rare", "common", "frequent")))
+ALL_CLASSES = "all"
+SUMMARY_GROUPS = (ALL_CLASSES,) + FREQUENCY_GROUPS
+EFL_STATS = ("pos_neg", "gamma")  # g and the focusing factor, as the loss names them
+
+
+def efl_summary_key(stat: str, group: str) -> str:
+    """The EventStorage / metrics.json name of a group mean of the EFL state, e.g.
+    ``efl/pos_neg_r``: ``stat`` in :data:`EFL_STATS`, ``group`` in :data:`SUMMARY_GROUPS`."""
+    return f"efl/{stat}_{group}"
+
+
+class MissingRunFile(InputError, FileNotFoundError):
+    """An output folder lacks a file the report needs."""
+
+
+class BadRunFolder(InputError, ValueError):
+    """An output folder's file cannot be used (bad JSON, missing field, wrong shape)."""
+
+
+def need_file(folder: str, name: str, hint: str) -> str:
+    """``folder/name``; raises :class:`MissingRunFile` with ``hint`` when it is missing."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise MissingRunFile(f"{folder} has no {name}: {hint}")
+    return path
+
+
+def read_json(folder: str, name: str, hint: str):
+    """The JSON value of ``folder/name`` (:class:`MissingRunFile` / :class:`BadRunFolder`)."""
+    path = need_file(folder, name, hint)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRunFolder(f"{path} is not valid JSON ({e}); was it written completely?") from e
+
+
+RUN_INFO = "run_info.json"
+
+
+@dataclass
+class RunRecord:
+    """``run_info.json``: what the report tools need to read an output folder. Written by
+    the trainer when a run starts; a field an older folder lacks reads as None."""
+
+    meta_architecture: Optional[str] = None  # the model's class name, e.g. "EFLRetinaNet"
+    num_classes: Optional[int] = None
+    efl: Optional[Dict[str, float]] = None  # gamma_b, scale_factor, alpha; None: no EFL
+    train_datasets: Optional[List[str]] = None
+    test_dataset: Optional[str] = None
+    test_json: Optional[str] = None  # the test set's annotation file
+    image_root: Optional[str] = None
+    max_iter: Optional[int] = None
+    seed: Optional[int] = None  # train.seed; -1 (or negative): not seeded
+
+    def write(self, folder: str) -> None:
+        """Write ``folder/run_info.json`` atomically (indented JSON, fields in order)."""
+        from .checkpoint import atomic_write  # checkpoint imports losses, which import this
+
+        os.makedirs(folder, exist_ok=True)
+        text = json.dumps(asdict(self), indent=2, default=float)
+        atomic_write(os.path.join(folder, RUN_INFO), lambda f: f.write(text.encode()))
+
+    @classmethod
+    def read(cls, folder: str) -> "RunRecord":
+        """The record of an output folder; unknown keys are ignored.
+
+        Raises:
+            MissingRunFile: no ``run_info.json`` in ``folder``.
+            BadRunFolder: the file is not a JSON object.
+        """
+        info = read_json(
+            folder, RUN_INFO,
+            "is it an output folder of train_net.py (the efl Trainer writes run_info.json "
+            "when it starts)?",
+        )
+        if not isinstance(info, dict):
+            raise BadRunFolder(f"{os.path.join(folder, RUN_INFO)} does not hold a JSON object")
+        return cls(**{f.name: info[f.name] for f in fields(cls) if f.name in info})

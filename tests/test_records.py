@@ -1,0 +1,70 @@
+"""The output contracts (efl.records): the run record's file format and errors, the EFL
+summary names, and the loss's formulas as the report reuses them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from efl.errors import InputError
+from efl.losses import EqualizedFocalLoss, efl_gamma, efl_pos_neg, efl_weight
+from efl.records import BadRunFolder, MissingRunFile, RunRecord, efl_summary_key
+
+INFO = {
+    "meta_architecture": "EFLRetinaNet",
+    "num_classes": 3,
+    "efl": {"gamma_b": 2.0, "scale_factor": 8.0, "alpha": 0.25},
+    "train_datasets": ["lvis_v1_train"],
+    "test_dataset": "lvis_v1_val",
+    "test_json": "/data/lvis_v1_val.json",
+    "image_root": "/data/coco/",
+    "max_iter": 90000,
+    "seed": -1,
+}
+
+
+def test_run_record_writes_the_format_old_folders_have(tmp_path):
+    RunRecord(**INFO).write(str(tmp_path))
+    written = (tmp_path / "run_info.json").read_text()
+    assert written == json.dumps(INFO, indent=2)  # the trainer's format before the record
+    assert RunRecord.read(str(tmp_path)) == RunRecord(**INFO)
+    assert [p.name for p in tmp_path.iterdir()] == ["run_info.json"]  # no temporaries left
+
+
+def test_run_record_reads_older_and_newer_folders(tmp_path):
+    info = {k: v for k, v in INFO.items() if k != "seed"}
+    (tmp_path / "run_info.json").write_text(json.dumps({**info, "added_later": 1}))
+    record = RunRecord.read(str(tmp_path))
+    assert record.seed is None and record.max_iter == 90000 and record.efl["scale_factor"] == 8.0
+
+
+@pytest.mark.parametrize("content, error, message", [
+    (None, MissingRunFile, "has no run_info.json: is it an output folder of train_net.py"),
+    ('{"max_iter": 3', BadRunFolder, "run_info.json is not valid JSON"),
+    ("[1, 2]", BadRunFolder, "run_info.json does not hold a JSON object"),
+])
+def test_run_record_errors_name_the_file(tmp_path, content, error, message):
+    if content is not None:
+        (tmp_path / "run_info.json").write_text(content)
+    with pytest.raises(error, match=message) as info:
+        RunRecord.read(str(tmp_path))
+    assert isinstance(info.value, InputError)
+
+
+def test_summary_key_is_what_the_loss_puts():
+    assert efl_summary_key("pos_neg", "r") == "efl/pos_neg_r"
+    assert efl_summary_key("gamma", "all") == "efl/gamma_all"
+
+
+def test_formulas_equal_the_loss_state_for_tensors_and_arrays():
+    efl = EqualizedFocalLoss(4, gamma_b=2.0, scale_factor=8.0)
+    efl.accumulate_statistics(torch.tensor([1.0, 2.0, 0.0, 9.0]), torch.tensor([4.0, 2.0, 1.0, 3.0]))
+    assert efl.pos_neg.tolist() == [0.25, 1.0, 0.0, 1.0]
+    assert torch.equal(efl.gamma, efl_gamma(efl.pos_neg, 2.0, 8.0))
+    assert efl.gamma.tolist() == [8.0, 2.0, 10.0, 2.0] and efl.weight.tolist() == [4.0, 1.0, 5.0, 1.0]
+    pos, neg = efl.pos_grad.numpy(), efl.neg_grad.numpy()
+    g = efl_pos_neg(pos, neg)
+    assert g.dtype == np.float32 and np.array_equal(g, efl.pos_neg.numpy())
+    assert np.array_equal(efl_gamma(g, 2.0, 8.0), efl.gamma.numpy())
+    assert np.array_equal(efl_weight(g, 2.0, 8.0), efl.weight.numpy())
