@@ -2,22 +2,19 @@
 in one compute pass over the logits and targets.
 
 Training step (the logits need a gradient), ``fused_equalized_focal_loss``:
-- forward runs one kernel that reads logits and targets once and writes the local
-  gradient dl/dz (M, K) of the loss sum, in the compute dtype (float32; float64 for float64
-  logits), while it adds up the loss (per-row partial sums) and, for non-bool targets,
-  counts the target entries not in {0, 1}; a second loop of the same kernel reads dl/dz
-  back in blocks of rows and sums |dl/dz| per class over positive and negative entries.
-  The gradient and the two (K,) sums are kept until backward: one (M, K) tensor (float32
-  for half logits, i.e. twice their size), which then becomes the logits' gradient.
+- forward: one kernel reads logits and targets once and writes the local gradient dl/dz
+  (M, K) of the loss sum in the compute dtype (float32; float64 for float64 logits), while
+  it adds up the loss and, for non-bool targets, counts the targets not in {0, 1}; a second
+  loop of it reads dl/dz back in blocks of rows and sums |dl/dz| per class over positive
+  and negative entries. dl/dz and the two (K,) sums are kept until backward (float32 for
+  half logits, i.e. twice their size).
 - backward: the upstream gradient is a scalar g_out (loss weight, a gradient scaler's
-  scale, 1 / normalizer), so dL/dz = g_out * dl/dz and the statistics of |dL/dz| are
-  |g_out| times the kept sums. Backward scales the kept gradient in place (one read and
-  write of (M, K); a new tensor in the logits' dtype for half logits), hands it to
-  autograd and gives |g_out| * sums to the loss module (``accumulate_statistics``; a
-  non-finite g_out gives non-finite sums, which it does not accumulate).
-  A second backward through a retained graph runs the forward kernel again.
-Without a gradient (evaluation), a second kernel computes the loss sum (and the target
-check) without writing a gradient.
+  scale, 1 / normalizer), so dL/dz = g_out * dl/dz, scaled in place and handed to autograd
+  as the logits' gradient, and the statistics of |dL/dz| are |g_out| times the kept sums,
+  handed to the loss module (``accumulate_statistics``; it drops non-finite ones). A
+  second backward through a retained graph runs the forward kernel again.
+Without a gradient (evaluation), a second kernel computes the loss sum and the target
+check without writing a gradient.
 
 Two ways to run each kernel, the same math: compiled with ``torch.compile(dynamic=True)``
 (one compilation per dtype, device and kernel, whatever the number of anchors), or eagerly
@@ -234,12 +231,10 @@ def _forward_with_grad(logits, targets, gamma, weight, alpha: float, check: bool
 
 @functools.lru_cache(maxsize=None)
 def _compile_supported() -> bool:
-    if not hasattr(torch, "compile"):
-        return False
     try:
         from torch import _dynamo
 
-        return bool(_dynamo.is_dynamo_supported())
+        return hasattr(torch, "compile") and bool(_dynamo.is_dynamo_supported())
     except Exception:  # pragma: no cover - very old or unusual builds
         return False
 
@@ -307,7 +302,8 @@ def _over_row_blocks(kernel: Callable, logits, targets, *args) -> tuple:
 
 
 def _run(kernel: Callable, logits, targets, *args) -> tuple:
-    """kernel(logits, targets, *args) with the backend in effect; see ``_loss_sum``."""
+    """kernel(logits, targets, *args) with the backend in effect (outputs: see the two
+    kernels above)."""
     logits, targets = logits.detach(), targets.detach()  # compiled code guards on grad
     if _is_compiling():  # inside the caller's own torch.compile: let it trace the kernel
         return kernel(logits, targets, *args, True)
