@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 CONFIG = os.path.join(ROOT, "tests", "configs", "tiny_efl.py")
 

@@ -13,10 +13,10 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss_jit
 
-from conftest import ROOT
 from efl import ATSSRetinaNet, EqualizedFocalLoss, add_atss_config
 from efl.modeling import ATSSAssigner, LastLevelP6P7
 from efl.modeling.atss import box_iou_and_giou
+from helpers import ROOT
 
 K = 6
 
@@ -263,6 +263,7 @@ def _losses_on_rank(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_normalisers_are_averaged_over_workers(tmp_path):
     """N = positives summed over workers / world size (at least 1); the box loss is divided
     by the IoU targets summed over workers / world size."""

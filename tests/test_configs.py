@@ -8,8 +8,8 @@ import pytest
 from detectron2.config import LazyConfig, instantiate
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from efl.engine import prepare_run_datasets
+from helpers import ROOT
 
 LVIS = sorted(glob.glob(os.path.join(ROOT, "configs/LVISv1/*.py")))
 SYNTHETIC = sorted(glob.glob(os.path.join(ROOT, "configs/Synthetic/*.py")))

@@ -1,12 +1,13 @@
 """``train_net.py --num-gpus 2`` on CPU (gloo): the EFL state is identical on both ranks,
 and equals what one process computes from the same global batch."""
 
+import pytest
 import torch
 from detectron2.config import instantiate
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from conftest import tiny_lazy_config
+from helpers import tiny_lazy_config
 from runs import assert_same, dataset_root, train_net
 
 EFL_KEYS = ("efl.pos_grad", "efl.neg_grad", "efl.pos_neg")
@@ -38,6 +39,7 @@ def step_statistics(model, record):
     return stats
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_hold_the_all_reduced_efl_state(tiny_dataset, tmp_path):
     record_dir, out = tmp_path / "record", tmp_path / "out"
     record_dir.mkdir()

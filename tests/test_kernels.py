@@ -20,9 +20,8 @@ K = 37
 def backend(request):
     if request.param == "compiled" and not kernels._compile_supported():
         pytest.skip("torch.compile is not supported here")
-    previous = kernels.set_backend(request.param)
-    yield request.param
-    kernels.set_backend(previous)
+    with kernels.use_backend(request.param):
+        yield request.param
 
 
 def batch(seed, num_anchors, num_classes=K, dtype=torch.float32, background=0.7):
@@ -140,15 +139,12 @@ def test_compiled_and_eager_kernels_agree(monkeypatch):
     scale = torch.tensor(0.37)
 
     def run(backend, dtype):
-        previous = kernels.set_backend(backend)
-        try:
+        with kernels.use_backend(backend):
             z, g = logits.to(dtype), gamma.to(dtype)
             loss = kernels.efl_loss_sum(z, targets, g, g / 2.0, 0.25)
             grad, pos, neg = kernels.efl_grad_and_statistics(
                 z, targets, g, g / 2.0, 0.25, scale.to(dtype)
             )
-        finally:
-            kernels.set_backend(previous)
         return loss, grad, pos, neg
 
     expected = run("eager", torch.float64)
@@ -167,8 +163,7 @@ def test_new_anchor_count_does_not_recompile():
         pytest.skip("torch.compile is not supported here")
     from torch._dynamo.utils import counters
 
-    previous = kernels.set_backend("compiled")
-    try:
+    with kernels.use_backend("compiled"):
         gamma = torch.full((K,), 3.0)
         for m in (300, 517):  # compiled already (dynamic shapes) by the tests above or here
             logits, targets = batch(15, m)
@@ -178,8 +173,6 @@ def test_new_anchor_count_does_not_recompile():
             logits, targets = batch(15, m)
             kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
         assert sum(counters["stats"].values()) == before, dict(counters["stats"])
-    finally:
-        kernels.set_backend(previous)
 
 
 def test_failed_compile_falls_back_once(monkeypatch, caplog):
@@ -190,25 +183,27 @@ def test_failed_compile_falls_back_once(monkeypatch, caplog):
         return run
 
     monkeypatch.setattr(kernels, "_compiled", {})
-    monkeypatch.setattr(kernels, "_compile_failed", set())
+    monkeypatch.setattr(kernels, "_failed", {})
     monkeypatch.setattr(kernels, "_MIN_COMPILE_ELEMENTS", 0)
     monkeypatch.setattr(kernels, "_compile_supported", lambda: True)
     monkeypatch.setattr(torch, "compile", broken_compile)
-    previous = kernels.set_backend("auto")
-    try:
-        fused, reference = pair()
-        logits, targets = batch(16, 200)
-        with caplog.at_level(logging.WARNING, logger="efl.kernels"):
-            for _ in range(2):
-                z = logits.clone().requires_grad_(True)
-                z_ref = logits.clone().requires_grad_(True)
-                fused(z, targets, 2.0).backward()
-                reference(z_ref, targets, 2.0).backward()
-                assert rel_err(z.grad, z_ref.grad) < 1e-6
-        assert sum("torch.compile failed" in r.message for r in caplog.records) == 1
-        assert rel_err(fused.pos_neg, reference.pos_neg) < 1e-6
-    finally:
-        kernels.set_backend(previous)
+    fused, reference = pair()
+    logits, targets = batch(16, 200)
+    with kernels.use_backend("auto"), caplog.at_level(logging.WARNING, logger="efl.kernels"):
+        for _ in range(2):
+            z = logits.clone().requires_grad_(True)
+            z_ref = logits.clone().requires_grad_(True)
+            fused(z, targets, 2.0).backward()
+            reference(z_ref, targets, 2.0).backward()
+            assert rel_err(z.grad, z_ref.grad) < 1e-6
+    failed = [r.message for r in caplog.records if "torch.compile failed" in r.message]
+    assert len(failed) == 1
+    # The failure is named, and kept to that kernel, device and dtype.
+    assert "_forward_with_grad on cpu torch.float32 (RuntimeError: no compiler here)" in failed[0]
+    assert list(kernels._failed) == [("_forward_with_grad", "cpu", torch.float32)]
+    assert rel_err(fused.pos_neg, reference.pos_neg) < 1e-6
+    with kernels.use_backend("compiled"), pytest.raises(RuntimeError, match="no compiler here"):
+        fused(logits.clone().requires_grad_(True), targets, 2.0)
 
 
 def test_bool_targets_and_bad_arguments():
@@ -219,7 +214,29 @@ def test_bool_targets_and_bad_arguments():
     with pytest.raises(ValueError, match="implementation.*'cuda'"):
         EqualizedFocalLoss(3, implementation="cuda")
     with pytest.raises(ValueError, match="backend.*'fast'"):
-        kernels.set_backend("fast")
+        with kernels.use_backend("fast"):
+            pass
+    assert kernels.get_backend() == "auto"
+
+
+def test_backend_is_scoped(monkeypatch):
+    """use_backend holds inside its block only, and is restored when the block raises."""
+    compiles = []
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiles.append(fn) or fn)
+    monkeypatch.setattr(kernels, "_compile_supported", lambda: True)
+    logits, targets = batch(24, 100)
+    gamma = torch.full((K,), 3.0)
+    with kernels.use_backend("compiled"):
+        with kernels.use_backend("eager"):
+            kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
+        assert compiles == [] and kernels.get_backend() == "compiled"
+        kernels.efl_loss_sum(logits, targets, gamma, gamma / 2, 0.25)
+        assert compiles == [kernels._loss_sum]
+        with pytest.raises(ZeroDivisionError), kernels.use_backend("eager"):
+            1 / 0
+        assert kernels.get_backend() == "compiled"
+    assert kernels.get_backend() == "auto"
 
 
 # ----------------------------------------------------------------------------------------
@@ -229,13 +246,10 @@ def test_bool_targets_and_bad_arguments():
 
 def forward_with_grad_float64(logits, targets, gamma):
     """The one-pass forward evaluated eagerly in float64 (weight gamma / 2, alpha 0.25)."""
-    previous = kernels.set_backend("eager")
-    try:
+    with kernels.use_backend("eager"):
         return kernels.efl_forward_with_grad(
             logits.double(), targets.double(), gamma.double(), gamma.double() / 2, 0.25
         )
-    finally:
-        kernels.set_backend(previous)
 
 
 def test_one_pass_forward_matches_two_pass_kernels(backend):
@@ -332,15 +346,15 @@ def test_target_values_are_checked_in_the_kernel(backend, grad, value):
 
 def test_bool_targets_skip_the_check(backend, monkeypatch):
     """Bool targets cannot be wrong: the kernel does not count (the check is off)."""
-    calls = []
-    original = kernels._bad_targets
-    monkeypatch.setattr(kernels, "_bad_targets", lambda *a: calls.append(1) or original(*a))
     fused, reference = pair()
     logits, targets = batch(23, 300)
     z = logits.clone().requires_grad_(True)
     z_ref = logits.clone().requires_grad_(True)
+    reference(z_ref, targets, 2.0).backward()  # (float targets: checked, before the spy)
+    calls = []
+    original = kernels._bad_targets
+    monkeypatch.setattr(kernels, "_bad_targets", lambda *a: calls.append(1) or original(*a))
     fused(z, targets.bool(), 2.0).backward()
-    reference(z_ref, targets, 2.0).backward()
     assert rel_err(z.grad, z_ref.grad) < 1e-6
     if backend == "eager":  # (compiled code does not call back into Python)
         assert calls == []

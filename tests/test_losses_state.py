@@ -49,6 +49,7 @@ def _worker(rank, world_size, port, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_statistics_are_all_reduced_across_workers(tmp_path):
     world_size = 2
     mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)

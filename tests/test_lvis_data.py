@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import ROOT
 from efl.data.lvis import build_train_loader, frequency_groups
+from helpers import ROOT
 
 
+@pytest.mark.slow
 def test_missing_lvis_files_give_one_clear_error(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "nowhere"))
     proc = subprocess.run(

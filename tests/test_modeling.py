@@ -13,8 +13,7 @@ from detectron2.utils.events import EventStorage
 
 from efl import EFLFCOS, EFLRetinaNet, add_efl_config
 from efl.losses import EqualizedFocalLoss
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 K = 7
 
 

@@ -4,6 +4,7 @@ folders over the tiny generated dataset: files, numbers, errors, the CLI."""
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
 from efl.report import (
     METRICS,
     REPORT_FILES,
@@ -229,17 +229,12 @@ def test_refuses_to_replace_a_folder_that_is_not_a_report(runs, tmp_path):
 def test_missing_images_skip_the_detections_panel_with_a_warning(runs, tmp_path):
     _, base, efl = runs
     moved = str(tmp_path / "focal_moved")
-    os.rename(base[0], moved)  # restored below: the module's folders are shared
-    try:
-        with open(os.path.join(moved, "run_info.json")) as f:
-            info = json.load(f)
-        with open(os.path.join(moved, "run_info.json"), "w") as f:
-            json.dump({**info, "image_root": str(tmp_path / "no_images") + "/"}, f)
-        rep = build_report([moved], efl[:1], str(tmp_path / "report"), num_images=2)
-    finally:
-        with open(os.path.join(moved, "run_info.json"), "w") as f:
-            json.dump(info, f)
-        os.rename(moved, base[0])
+    shutil.copytree(base[0], moved)  # a copy: the module's folders are shared
+    with open(os.path.join(moved, "run_info.json")) as f:
+        info = json.load(f)
+    with open(os.path.join(moved, "run_info.json"), "w") as f:
+        json.dump({**info, "image_root": str(tmp_path / "no_images") + "/"}, f)
+    rep = build_report([moved], efl[:1], str(tmp_path / "report"), num_images=2)
     assert "detections.png" in rep["skipped_plots"]
     assert any("detections.png not drawn" in w for w in rep["warnings"])
     files = os.listdir(tmp_path / "report")
@@ -273,6 +268,7 @@ def test_streamed_detections_equal_json_load(tmp_path, chunk):
         list(_iter_json_array(str(tmp_path / "cut.json"), chunk_size=chunk))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_prints_the_table_last(runs, tmp_path):
     _, base, efl = runs
     out = tmp_path / "cli_report"

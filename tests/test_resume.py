@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CLASSES, tiny_lazy_config
 from efl.checkpoint import EFLCheckpointer
 from efl.errors import CheckpointError
+from helpers import ROOT, TINY_CLASSES, tiny_lazy_config
 from runs import assert_same, dataset_root, last_checkpoint, train_net
 
 
@@ -30,9 +30,19 @@ def unsmoothed_metrics(out):
             for r in rows if "total_loss" in r}
 
 
+def kill_delays(seed):
+    """Random delays (s) before a kill, from ``$EFL_KILL_SEED`` (default ``seed``); the
+    seed is printed, shown with the output of a failing test, to run it again."""
+    seed = int(os.environ.get("EFL_KILL_SEED", seed))
+    print(f"kill delays: EFL_KILL_SEED={seed}")
+    return random.Random(seed)
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
     """Repeat-factor sampling with stochastic rounding, one DataLoader worker (it has
     prefetched past the checkpoint when the kill comes), random flips."""
+    rng = kill_delays(0)
     root = dataset_root(tiny_dataset)
     opts = ["dataloader.train.repeat_thresh=0.3", "train.max_iter=40"]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
@@ -44,7 +54,9 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
         while last_checkpoint(killed) < "model_0000005.pth" and proc.poll() is None:
             assert time.time() < deadline
             time.sleep(0.02)
-        time.sleep(random.uniform(0, 0.3))
+        delay = rng.uniform(0, 0.3)
+        print(f"kill {delay:.3f} s after the checkpoint")
+        time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.communicate()
@@ -72,9 +84,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
     assert metrics == unsmoothed_metrics(killed)
 
 
+@pytest.mark.slow
 def test_kill_during_save_never_leaves_a_bad_last_checkpoint(tmp_path):
     """A process saves checkpoints slowly in a loop; SIGKILL at random moments."""
-    rng = random.Random(0)
+    rng = kill_delays(0)
     leftovers = 0
     for round_ in range(3):
         out = tmp_path / f"round{round_}"
@@ -87,7 +100,9 @@ def test_kill_during_save_never_leaves_a_bad_last_checkpoint(tmp_path):
             for line in proc.stdout:  # 4 chunks of 0.05 s: a save takes ~0.2 s
                 if line.strip() == "saving 2":
                     break
-            time.sleep(rng.uniform(0, 0.15))  # inside the ~0.2 s save, mostly
+            delay = rng.uniform(0, 0.15)  # inside the ~0.2 s save, mostly
+            print(f"round {round_}: kill {delay:.3f} s into the save of checkpoint 2")
+            time.sleep(delay)
             proc.kill()
         finally:
             proc.communicate()

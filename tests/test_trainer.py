@@ -13,9 +13,9 @@ from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer
 from detectron2.utils.events import EventStorage
 
-from conftest import ROOT, TINY_CLASSES, tiny_lazy_config
 from efl import add_efl_config
 from efl.engine import Trainer
+from helpers import ROOT, TINY_CLASSES, tiny_lazy_config
 
 
 def read_metrics(output_dir):
@@ -27,15 +27,15 @@ def read_metrics(output_dir):
 def efl_run(tiny_dataset, tmp_path_factory):
     """4 iterations of the tiny EFL config: checkpoints at iterations 2 and 4 (final)."""
     out = str(tmp_path_factory.mktemp("efl_run"))
-    cfg = tiny_lazy_config("efl", tiny_dataset, out)
-    trainer = Trainer(cfg)
+    trainer = Trainer(tiny_lazy_config("efl", tiny_dataset, out))
     trainer.resume_or_load(resume=False)
     results = trainer.train()
-    return cfg, out, results, trainer
+    return out, results, trainer
 
 
+@pytest.mark.slow
 def test_trainer_trains_evaluates_and_writes_outputs(efl_run):
-    cfg, out, results, _ = efl_run
+    out, results, _ = efl_run
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
         assert key in results["bbox"]
     with open(os.path.join(out, "results.json")) as f:
@@ -56,8 +56,9 @@ def test_trainer_trains_evaluates_and_writes_outputs(efl_run):
     assert os.path.exists(os.path.join(out, "inference", "lvis_instances_results.json"))
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_model_efl_state_optimizer_scheduler_iteration(efl_run):
-    _, out, _, trainer = efl_run
+    out, _, trainer = efl_run
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_final.pth"
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
@@ -73,15 +74,15 @@ def test_checkpoint_holds_model_efl_state_optimizer_scheduler_iteration(efl_run)
     assert os.path.exists(os.path.join(out, "model_0000001.pth"))
 
 
-def test_resume_continues_from_last_checkpoint(efl_run, tmp_path):
-    cfg, out, _, _ = efl_run
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(efl_run, tiny_dataset, tmp_path):
+    out, _, _ = efl_run
     # A run that stopped after the checkpoint of iteration 2 (index 1).
     run = tmp_path / "resumed"
     run.mkdir()
     shutil.copy(os.path.join(out, "model_0000001.pth"), run / "model_0000001.pth")
     (run / "last_checkpoint").write_text("model_0000001.pth")
-    cfg.train.output_dir = str(run)
-    trainer = Trainer(cfg)
+    trainer = Trainer(tiny_lazy_config("efl", tiny_dataset, str(run)))
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
     saved = torch.load(run / "model_0000001.pth", weights_only=True)
@@ -113,6 +114,7 @@ def test_num_classes_mismatch_is_a_clear_error(tiny_dataset, tmp_path):
         Trainer.build_model(cfg)
 
 
+@pytest.mark.slow
 def test_yaml_config_trains_with_stock_default_trainer(tiny_dataset, tmp_path):
     cfg = get_cfg()
     add_efl_config(cfg)
@@ -138,5 +140,10 @@ def test_yaml_config_trains_with_stock_default_trainer(tiny_dataset, tmp_path):
     assert type(model).__name__ == "EFLRetinaNet"
     assert model.efl.group_names  # r/c/f groups came from the dataset's metadata
     assert model.efl.pos_neg.min() < 1
-    saved = DetectionCheckpointer(model).load(str(tmp_path / "model_final.pth"))
-    assert saved is not None
+    # Detectron2's own checkpointer saved the EFL state with the weights and loads it back.
+    fresh = DefaultTrainer.build_model(cfg)
+    assert torch.equal(fresh.efl.pos_neg, torch.ones(TINY_CLASSES))
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
+    loaded = fresh.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded[name], value), name

@@ -2,27 +2,27 @@
 in one compute pass over the logits and targets.
 
 Training step (the logits need a gradient), ``fused_equalized_focal_loss``:
-- forward runs one compiled kernel that reads logits and targets once and writes the local
-  gradient dl/dz (M, K) of the loss sum, in the compute dtype (float32; float64 for float64
-  logits), while it adds up the loss (per-row partial sums) and, for non-bool targets,
-  counts the target entries not in {0, 1}; a second loop of the same kernel reads dl/dz
-  back in blocks of rows and sums |dl/dz| per class over positive and negative entries.
-  The gradient and the two (K,) sums are kept until backward: one (M, K) tensor (float32
-  for half logits, i.e. twice their size), which then becomes the logits' gradient.
+- forward: one kernel reads logits and targets once and writes the local gradient dl/dz
+  (M, K) of the loss sum in the compute dtype (float32; float64 for float64 logits), while
+  it adds up the loss and, for non-bool targets, counts the targets not in {0, 1}; a second
+  loop of it reads dl/dz back in blocks of rows and sums |dl/dz| per class over positive
+  and negative entries. dl/dz and the two (K,) sums are kept until backward (float32 for
+  half logits, i.e. twice their size).
 - backward: the upstream gradient is a scalar g_out (loss weight, a gradient scaler's
-  scale, 1 / normalizer), so dL/dz = g_out * dl/dz and the statistics of |dL/dz| are
-  |g_out| times the kept sums. Backward scales the kept gradient in place (one read and
-  write of (M, K); a new tensor in the logits' dtype for half logits), hands it to
-  autograd and gives |g_out| * sums to the loss module (``accumulate_statistics``; a
-  non-finite g_out gives non-finite sums, which it does not accumulate).
-  A second backward through a retained graph recomputes both from the saved inputs.
-Without a gradient (evaluation), one kernel computes the loss sum (and the target check).
+  scale, 1 / normalizer), so dL/dz = g_out * dl/dz, scaled in place and handed to autograd
+  as the logits' gradient, and the statistics of |dL/dz| are |g_out| times the kept sums,
+  handed to the loss module (``accumulate_statistics``; it drops non-finite ones). A
+  second backward through a retained graph runs the forward kernel again.
+Without a gradient (evaluation), a second kernel computes the loss sum and the target
+check without writing a gradient.
 
-The elementwise math is compiled with ``torch.compile(dynamic=True)`` (one compilation per
-dtype, device and variant, whatever the number of anchors). Where compiling is not
-possible, or fails, and for small inputs (< 2**16 entries), the same functions run
-uncompiled over blocks of rows, which bounds the temporaries; the first failure is logged
-once. Sums accumulate in float64 (float32 on MPS), the statistics are float32.
+Two ways to run each kernel, the same math: compiled with ``torch.compile(dynamic=True)``
+(one compilation per dtype, device and kernel, whatever the number of anchors), or eagerly
+over blocks of rows, which bounds the temporaries. ``use_backend`` chooses for a block of
+code: "auto" (the default) compiles where it can and runs small inputs (< 2**16 entries)
+and a kernel whose compilation failed on that device and dtype eagerly; "compiled" raises
+instead; "eager" never compiles. Why the compiled path is not used is logged once. Sums
+accumulate in float64 (float32 on MPS), the statistics are float32.
 
 Math, with x = z for negatives and -z for positives (so p_t = sigmoid(-x)):
     CE = -log p_t = softplus(x),  (1 - p_t)^gamma = exp(-gamma * softplus(-x))
@@ -38,9 +38,10 @@ transcendentals), which keeps float64 exact and eager code short.
 """
 
 import contextlib
+import contextvars
 import functools
 import logging
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -49,17 +50,19 @@ __all__ = [
     "efl_loss_sum",
     "efl_forward_with_grad",
     "efl_grad_and_statistics",
-    "set_backend",
+    "use_backend",
     "get_backend",
     "BACKENDS",
+    "autocast_off",
+    "raise_if_bad_targets",
 ]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "compiled", "eager")  # auto: compiled where possible, else eager
-_backend = "auto"
-_compile_failed = set()  # device types on which torch.compile failed once ("auto" only)
-_compiled = {}  # name -> torch.compile'd function (compiled lazily, once per process)
+BACKENDS = ("auto", "compiled", "eager")
+_backend = contextvars.ContextVar("efl_kernels_backend", default="auto")
+_compiled: Dict[str, Callable] = {}  # kernel name -> its torch.compile wrapper
+_failed: Dict[tuple, str] = {}  # (kernel name, device type, dtype) -> why compiling failed
 _EAGER_BLOCK_ELEMENTS = 1 << 21  # eager: rows per block * K, bounds each temporary
 # "auto" runs smaller inputs eagerly: compiling costs seconds per dtype and device, more
 # than such inputs ever take (unit tests, toy configs); "compiled" compiles every size.
@@ -69,18 +72,45 @@ _MIN_COMPILE_ELEMENTS = 1 << 16
 _COLUMN_BLOCK_ROWS = 64  # 64 rows of K = 1203 float32: 300 KiB, within a core's L2
 
 
-def set_backend(name: str) -> str:
-    """Choose how the elementwise math runs ("auto" | "compiled" | "eager"); returns the
-    previous choice. "compiled" raises where torch.compile fails instead of falling back."""
-    global _backend
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the kernels called inside the block (in this thread or task) with backend
+    ``name``: "auto" | "compiled" (raise where torch.compile fails) | "eager"."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got backend={name!r}")
-    previous, _backend = _backend, name
-    return previous
+    token = _backend.set(name)
+    try:
+        yield
+    finally:
+        _backend.reset(token)
 
 
 def get_backend() -> str:
-    return _backend
+    """The backend in effect here (see ``use_backend``)."""
+    return _backend.get()
+
+
+def autocast_off(device_type: str):
+    """A context without autocast on ``device_type`` (where autocast exists)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _bad_targets(targets, dim=None):
+    """Number of target entries not in {0, 1} (NaN included), over `dim` (None: all)."""
+    bad = (targets != 0) & (targets != 1)
+    return bad.sum() if dim is None else bad.sum(dim, dtype=torch.int32)
+
+
+def raise_if_bad_targets(targets: torch.Tensor, num_bad: Optional[torch.Tensor] = None) -> None:
+    """ValueError naming a few values if a target is not 0 or 1. ``num_bad``: the count a
+    kernel already made (None: count here, one pass over the targets)."""
+    if num_bad is None:
+        num_bad = _bad_targets(targets)
+    if bool(num_bad):
+        values = targets[(targets != 0) & (targets != 1)][:3].tolist()
+        raise ValueError(f"targets must be one-hot in {{0, 1}}; got values such as {values}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,25 +173,6 @@ def _sum_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float32 if logits.device.type == "mps" else torch.float64
 
 
-def _bad_targets(targets, dim=None):
-    """Number of target entries not in {0, 1} (NaN included), over `dim` (None: all)."""
-    bad = (targets != 0) & (targets != 1)
-    return bad.sum() if dim is None else bad.sum(dim, dtype=torch.int32)
-
-
-def _loss_sum(logits, targets, gamma, weight, alpha: float, check=False, fresh=False):
-    """0-dim sum of EFL over all (M, K) entries, in the compute dtype, and (check) the
-    0-dim number of bad target entries (else None)."""
-    loss = _Terms(logits, targets, gamma, weight, alpha, fresh).loss()
-    if not fresh:
-        total = loss.sum(dtype=_sum_dtype(logits)).to(loss.dtype)
-        return total, (_bad_targets(targets) if check else None)
-    # Compiled: sums per row first. Inductor fuses row sums into the elementwise loop;
-    # with a sum over everything it stores some elementwise pieces as (M, K) buffers.
-    total = loss.sum(1, dtype=_sum_dtype(logits)).sum().to(loss.dtype)
-    return total, (_bad_targets(targets, 1).sum() if check else None)
-
-
 def _column_sums(g, blocked: bool):
     """Per-class (K,) sums of |g| over its negative entries and over the others, in the
     accumulator dtype. `blocked`: partial sums over blocks of rows first (compiled)."""
@@ -187,65 +198,50 @@ def _column_sums(g, blocked: bool):
     return below.sum(0) + below_tail, above.sum(0) + above_tail
 
 
-def _forward_with_grad(logits, targets, gamma, weight, alpha: float, check=False, fresh=False):
-    """One pass: (M,) row sums of the loss (accumulator dtype), dl/dz (M, K) in the compute
-    dtype, per-class (K,) sums of |dl/dz| over positive and over negative entries
-    (accumulator dtype), and (check) the (M,) int32 number of bad target entries per row.
+# The two kernels. Each returns (M, K) tensors and sums (0-dim or (K,), in the accumulator
+# dtype; the count of bad targets, None without `check`), as `_run` expects. Sums over the
+# loss go per row first: Inductor fuses row sums into the elementwise loop, while with a
+# sum over everything it stores some elementwise pieces as (M, K) buffers.
+
+
+def _loss_sum(logits, targets, gamma, weight, alpha: float, check: bool, fresh: bool = False):
+    """0-dim sum of EFL over all (M, K) entries and (check) the number of bad targets."""
+    loss = _Terms(logits, targets, gamma, weight, alpha, fresh).loss()
+    total = loss.sum(1, dtype=_sum_dtype(logits)).sum()
+    return total, (_bad_targets(targets, 1).sum() if check else None)
+
+
+def _forward_with_grad(logits, targets, gamma, weight, alpha: float, check: bool, fresh=False):
+    """0-dim loss sum, dl/dz (M, K) in the compute dtype, per-class (K,) sums of |dl/dz|
+    over positive and over negative entries, (check) the number of bad targets.
 
     dl/dz <= 0 exactly where y = 1, so the sign of dl/dz tells positives from negatives (a
-    NaN entry lands in the negatives' sum); the rows' sums and counts run in the loop that
+    NaN entry lands in the negatives' sum); the loss and the count run in the loop that
     writes dl/dz, the per-class sums in a second loop over it."""
     t = _Terms(logits, targets, gamma, weight, alpha, fresh)
-    loss_rows = t.loss().sum(1, dtype=_sum_dtype(logits))
+    total = t.loss().sum(1, dtype=_sum_dtype(logits)).sum()
     g = t.dl_dx() * t.sign
     positives, negatives = _column_sums(g, blocked=fresh)
-    return loss_rows, g, positives, negatives, (_bad_targets(targets, 1) if check else None)
-
-
-def _grad_and_sums(logits, targets, gamma, weight, alpha: float, scale, fresh: bool = False):
-    """(M, K) gradient scale * dl/dz in the logits' dtype, and the per-class (K,) sums of
-    |g| over its negative entries and over its non-negative ones (g in float32/64).
-
-    For scale >= 0 those are the positives' and the negatives' sums (dl/dz <= 0 exactly
-    where y = 1); a NaN entry lands in the second sum."""
-    t = _Terms(logits, targets, gamma, weight, alpha, fresh)
-    g = t.dl_dx() * (t.sign * scale)
-    grad = g if g.dtype == logits.dtype else g.to(logits.dtype)
-    below, above = _column_sums(g, blocked=fresh)
-    return grad, below.to(g.dtype), above.to(g.dtype)
-
-
-def _loss_sum_compilable(logits, targets, gamma, weight, alpha: float, check: bool):
-    return _loss_sum(logits, targets, gamma, weight, alpha, check, fresh=True)
-
-
-def _forward_with_grad_compilable(logits, targets, gamma, weight, alpha: float, check: bool):
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    loss_rows, g, positives, negatives, bad = _forward_with_grad(
-        logits, targets, gamma, weight, alpha, check, fresh=True
-    )
-    bad = bad.sum() if check else None
-    return loss_rows.sum().to(dtype), g, positives.to(dtype), negatives.to(dtype), bad
-
-
-def _grad_and_sums_compilable(logits, targets, gamma, weight, alpha: float, scale):
-    return _grad_and_sums(logits, targets, gamma, weight, alpha, scale, fresh=True)
+    return total, g, positives, negatives, (_bad_targets(targets, 1).sum() if check else None)
 
 
 # ----------------------------------------------------------------------------------------
-# Dispatch: compiled where possible, else the same functions over blocks of rows.
+# Dispatch: compiled where the backend allows, else the same kernel over blocks of rows.
 
 
 @functools.lru_cache(maxsize=None)
 def _compile_supported() -> bool:
-    if not hasattr(torch, "compile"):
-        return False
     try:
         from torch import _dynamo
 
-        return bool(_dynamo.is_dynamo_supported())
+        return hasattr(torch, "compile") and bool(_dynamo.is_dynamo_supported())
     except Exception:  # pragma: no cover - very old or unusual builds
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(level: int, message: str) -> None:
+    logger.log(level, message)
 
 
 def _is_compiling() -> bool:
@@ -253,85 +249,105 @@ def _is_compiling() -> bool:
     return bool(getattr(compiler, "is_compiling", lambda: False)())
 
 
-def _autocast_off(device_type: str):
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _run_compiled(name: str, fn: Callable, device: torch.device, args: tuple):
-    """fn compiled, or None where the "auto" backend cannot or could not compile it."""
-    if _is_compiling():  # inside the caller's own torch.compile: let it trace fn
-        return fn(*args)
-    if _backend == "eager":
+def _compiled_kernel(kernel: Callable, logits: torch.Tensor) -> Optional[Callable]:
+    """kernel compiled, or None where the backend in effect runs it eagerly."""
+    backend = get_backend()
+    if backend == "eager" or logits.numel() == 0:
         return None
-    if _backend == "auto" and (
-        device.type in _compile_failed or args[0].numel() < _MIN_COMPILE_ELEMENTS
-    ):
-        return None
+    if backend == "auto":
+        if logits.numel() < _MIN_COMPILE_ELEMENTS:
+            _log_once(logging.INFO, (
+                f"EFL kernels: inputs under {_MIN_COMPILE_ELEMENTS} logits run uncompiled "
+                "(compiling would take longer than they do)."
+            ))
+            return None
+        if (kernel.__name__, logits.device.type, logits.dtype) in _failed:
+            return None  # logged when it failed
     if not _compile_supported():
-        if _backend == "compiled":
-            raise RuntimeError("torch.compile is not supported in this environment")
-        _compile_failed.add(device.type)
-        logger.warning("EFL kernels: torch.compile is not supported here; running eagerly.")
+        if backend == "compiled":
+            raise RuntimeError("EFL kernels: torch.compile is not supported in this environment")
+        _log_once(logging.WARNING, (
+            "EFL kernels: torch.compile is not supported in this environment; the loss runs "
+            "uncompiled (same results, slower)."
+        ))
         return None
-    if name not in _compiled:
-        _compiled[name] = torch.compile(fn, dynamic=True)
-    try:
-        return _compiled[name](*args)
-    except Exception as e:
-        if _backend == "compiled":
-            raise
-        _compile_failed.add(device.type)
-        logger.warning(
-            "EFL kernels: torch.compile failed on %s (%s: %s); the loss runs uncompiled "
-            "(slower, same results) from now on.", device.type, type(e).__name__, e,
-        )
-        return None
+    if kernel.__name__ not in _compiled:
+        _compiled[kernel.__name__] = torch.compile(kernel, dynamic=True)
+    return _compiled[kernel.__name__]
 
 
-def _block_rows(num_classes: int) -> int:
-    return max(1, _EAGER_BLOCK_ELEMENTS // max(1, num_classes))
+def _over_row_blocks(kernel: Callable, logits, targets, *args) -> tuple:
+    """kernel run eagerly over blocks of rows: its (M, K) outputs stitched together, its
+    sums added up."""
+    m = logits.shape[0]
+    rows = max(1, _EAGER_BLOCK_ELEMENTS // max(1, logits.shape[1]))
+    if m <= rows:
+        return kernel(logits, targets, *args)
+    total = None
+    for i in range(0, m, rows):
+        block = kernel(logits[i : i + rows], targets[i : i + rows], *args)
+        if total is None:
+            total = [
+                None if out is None
+                else out.new_empty((m,) + out.shape[1:]) if out.dim() == 2
+                else torch.zeros_like(out)
+                for out in block
+            ]
+        for acc, out in zip(total, block):
+            if out is not None and out.dim() == 2:
+                acc[i : i + rows] = out
+            elif out is not None:
+                acc += out
+    return tuple(total)
 
 
-def _loss_sum_and_check(logits, targets, gamma, weight, alpha: float, check: bool):
-    """efl_loss_sum and (check) the 0-dim number of bad target entries, else None."""
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    if logits.numel() == 0:
-        return torch.zeros((), dtype=dtype, device=logits.device), None
-    # Detached: the compiled code is guarded on requires_grad; no gradient is taken here.
-    args = (logits.detach(), targets.detach(), gamma, weight, float(alpha), bool(check))
-    out = _run_compiled("loss_sum", _loss_sum_compilable, logits.device, args)
-    if out is not None:
-        return out
-    rows = _block_rows(logits.shape[1])
-    total = torch.zeros((), dtype=_sum_dtype(logits), device=logits.device)
-    bad = torch.zeros((), dtype=torch.int64, device=logits.device) if check else None
-    for i in range(0, logits.shape[0], rows):
-        block, block_bad = _loss_sum(
-            logits[i : i + rows], targets[i : i + rows], gamma, weight, alpha, check
-        )
-        total += block
-        if check:
-            bad += block_bad
-    return total.to(dtype), bad
+def _run(kernel: Callable, logits, targets, *args) -> tuple:
+    """kernel(logits, targets, *args) with the backend in effect (outputs: see the two
+    kernels above)."""
+    logits, targets = logits.detach(), targets.detach()  # compiled code guards on grad
+    if _is_compiling():  # inside the caller's own torch.compile: let it trace the kernel
+        return kernel(logits, targets, *args, True)
+    compiled = _compiled_kernel(kernel, logits)
+    if compiled is not None:
+        try:
+            return compiled(logits, targets, *args, True)
+        except Exception as e:
+            if get_backend() == "compiled":
+                raise
+            key = (kernel.__name__, logits.device.type, logits.dtype)
+            _failed[key] = f"{type(e).__name__}: {e}"
+            logger.warning(
+                "EFL kernels: torch.compile failed for %s on %s %s (%s); that kernel runs "
+                "uncompiled for such inputs from now on (same results, slower). Run under "
+                "efl.kernels.use_backend('compiled') to have the error raised.",
+                kernel.__name__, logits.device.type, logits.dtype, _failed[key],
+            )
+    return _over_row_blocks(kernel, logits, targets, *args)
 
 
-def _raise_if_bad_targets(targets: torch.Tensor, bad: Optional[torch.Tensor]) -> None:
-    if bad is not None and bool(bad):
-        values = targets[(targets != 0) & (targets != 1)][:3].tolist()
-        raise ValueError(f"targets must be one-hot in {{0, 1}}; got values such as {values}")
+# ----------------------------------------------------------------------------------------
+# The kernels' public entry points and the autograd Function.
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(logits.dtype, torch.float32)
 
 
 @torch.no_grad()
-def efl_loss_sum(logits, targets, gamma, weight, alpha: float) -> torch.Tensor:
+def efl_loss_sum(logits, targets, gamma, weight, alpha: float, check_targets: bool = False):
     """Sum of EFL over all entries, in float32 (float64 for float64 logits).
 
     Args:
         logits, targets: (M, K); targets in {0, 1}, any dtype (bool included).
         gamma, weight: (K,) in the compute dtype. alpha: float.
+        check_targets: raise ValueError if a (non-bool) target is not 0 or 1 (counted in
+            the same pass).
     """
-    return _loss_sum_and_check(logits, targets, gamma, weight, alpha, check=False)[0]
+    check = bool(check_targets) and targets.dtype != torch.bool
+    total, bad = _run(_loss_sum, logits, targets, gamma, weight, float(alpha), check)
+    if check:
+        raise_if_bad_targets(targets, bad)
+    return total.to(_compute_dtype(logits))
 
 
 @torch.no_grad()
@@ -342,46 +358,33 @@ def efl_forward_with_grad(
     pass over logits and targets.
 
     Args:
-        as ``efl_loss_sum``; check_targets: raise ValueError if a target is not 0 or 1
-            (counted in the same pass; bool targets need no check).
+        as ``efl_loss_sum``.
     Returns:
         loss: 0-dim sum of EFL, in the compute dtype (float32; float64 for float64 logits).
         grad: (M, K) d loss / d logits, in the compute dtype.
         positives, negatives: (K,) sums of |grad| over entries whose target is 1 / 0, in
         the compute dtype.
     """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    num_classes = logits.shape[1]
     check = bool(check_targets) and targets.dtype != torch.bool
-    if logits.numel() == 0:
-        zeros = torch.zeros(num_classes, dtype=dtype, device=logits.device)
-        grad = torch.zeros(logits.shape, dtype=dtype, device=logits.device)
-        return zeros.sum(), grad, zeros, zeros.clone()
-    args = (logits.detach(), targets.detach(), gamma, weight, float(alpha), check)
-    out = _run_compiled("forward_with_grad", _forward_with_grad_compilable, logits.device, args)
-    if out is not None:
-        loss, grad, positives, negatives, bad = out
-    else:
-        acc = _sum_dtype(logits)
-        grad = torch.empty(logits.shape, dtype=dtype, device=logits.device)
-        loss = torch.zeros((), dtype=acc, device=logits.device)
-        positives = torch.zeros(num_classes, dtype=acc, device=logits.device)
-        negatives = torch.zeros_like(positives)
-        bad = torch.zeros((), dtype=torch.int64, device=logits.device) if check else None
-        rows = _block_rows(num_classes)
-        for i in range(0, logits.shape[0], rows):
-            loss_rows, block, pos, neg, block_bad = _forward_with_grad(
-                logits[i : i + rows], targets[i : i + rows], gamma, weight, alpha, check
-            )
-            grad[i : i + rows] = block
-            loss += loss_rows.sum()
-            positives += pos
-            negatives += neg
-            if check:
-                bad += block_bad.sum()
-        loss, positives, negatives = loss.to(dtype), positives.to(dtype), negatives.to(dtype)
-    _raise_if_bad_targets(targets, bad)
-    return loss, grad, positives, negatives
+    total, grad, positives, negatives, bad = _run(
+        _forward_with_grad, logits, targets, gamma, weight, float(alpha), check
+    )
+    if check:
+        raise_if_bad_targets(targets, bad)
+    dtype = _compute_dtype(logits)
+    return total.to(dtype), grad, positives.to(dtype), negatives.to(dtype)
+
+
+def _scale_local(grad, positives, negatives, scale, logits):
+    """The kept local gradient times the scalar upstream gradient, in the logits' dtype (in
+    place where that is the compute dtype), and the statistics times |scale|."""
+    scale = scale.to(device=grad.device, dtype=grad.dtype).reshape(())
+    if grad.dtype == logits.dtype:
+        grad.mul_(scale)
+    else:  # half logits: the float32 product, rounded once to their dtype
+        grad = torch.mul(grad, scale, out=torch.empty_like(logits))
+    magnitude = scale.abs()
+    return grad, positives * magnitude, negatives * magnitude
 
 
 @torch.no_grad()
@@ -392,41 +395,14 @@ def efl_grad_and_statistics(
     statistics.
 
     Args:
-        as ``efl_loss_sum``; scale: 0-dim tensor in the compute dtype (the upstream gradient).
+        as ``efl_loss_sum``; scale: 0-dim tensor (the upstream gradient).
     Returns:
         grad: (M, K) in the logits' dtype.
-        positives, negatives: (K,) sums of |grad| (taken in the compute dtype, before any
-        cast to the logits' dtype) over entries whose target is 1 / 0.
+        positives, negatives: (K,) sums of |grad| (in the compute dtype, before any cast
+        to the logits' dtype) over entries whose target is 1 / 0.
     """
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    num_classes = logits.shape[1]
-    scale = scale.to(device=logits.device, dtype=dtype).reshape(())
-    if logits.numel() == 0:
-        zeros = torch.zeros(num_classes, dtype=dtype, device=logits.device)
-        return torch.zeros_like(logits), zeros, zeros.clone()
-    args = (logits.detach(), targets.detach(), gamma, weight, float(alpha), scale)
-    out = _run_compiled("grad_and_sums", _grad_and_sums_compilable, logits.device, args)
-    if out is not None:
-        grad, below, above = out
-    else:
-        grad = torch.empty_like(logits)
-        below = torch.zeros(num_classes, dtype=_sum_dtype(logits), device=logits.device)
-        above = torch.zeros_like(below)
-        rows = _block_rows(num_classes)
-        for i in range(0, logits.shape[0], rows):
-            block, b, a = _grad_and_sums(
-                logits[i : i + rows], targets[i : i + rows], gamma, weight, alpha, scale
-            )
-            grad[i : i + rows] = block
-            below += b
-            above += a
-        below, above = below.to(dtype), above.to(dtype)
-    # dl/dz < 0 exactly for positives, so for scale >= 0 the negative entries are theirs.
-    flipped = scale < 0
-    return grad, torch.where(flipped, above, below), torch.where(flipped, below, above)
-
-
-# ----------------------------------------------------------------------------------------
+    _, grad, positives, negatives = efl_forward_with_grad(logits, targets, gamma, weight, alpha)
+    return _scale_local(grad, positives, negatives, scale, logits)
 
 
 class _FusedEFL(torch.autograd.Function):
@@ -435,13 +411,14 @@ class _FusedEFL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, gamma, weight, alpha, statistics, check_targets):
-        with _autocast_off(logits.device.type):
+        with autocast_off(logits.device.type):
             loss, grad, positives, negatives = efl_forward_with_grad(
                 logits, targets, gamma, weight, alpha, check_targets
             )
         ctx.save_for_backward(logits, targets, gamma, weight)
         ctx.alpha = alpha
         ctx.statistics = statistics
+        ctx.backend = get_backend()  # backward may run in another thread
         # Not saved for backward: backward scales it in place and hands it on, and only
         # a tensor nothing else refers to can become the logits' .grad without a copy.
         ctx.local = (grad, positives, negatives)
@@ -453,20 +430,10 @@ class _FusedEFL(torch.autograd.Function):
         logits, targets, gamma, weight = ctx.saved_tensors
         local, ctx.local = ctx.local, None
         if local is None:  # backward again through a retained graph: recompute
-            with _autocast_off(logits.device.type):
-                grad, positives, negatives = efl_grad_and_statistics(
-                    logits, targets, gamma, weight, ctx.alpha, grad_output
-                )
-        else:
-            grad, positives, negatives = local
-            del local
-            scale = grad_output.to(device=grad.device, dtype=grad.dtype).reshape(())
-            if grad.dtype == logits.dtype:
-                grad.mul_(scale)
-            else:  # half logits: the float32 product, rounded once to their dtype
-                grad = torch.mul(grad, scale, out=torch.empty_like(logits))
-            magnitude = scale.abs()
-            positives, negatives = positives * magnitude, negatives * magnitude
+            with use_backend(ctx.backend), autocast_off(logits.device.type):
+                local = efl_forward_with_grad(logits, targets, gamma, weight, ctx.alpha)[1:]
+        grad, positives, negatives = _scale_local(*local, grad_output, logits)
+        del local
         if ctx.statistics is not None:
             ctx.statistics.accumulate_statistics(positives, negatives)
         return grad, None, None, None, None, None, None
@@ -496,9 +463,7 @@ def fused_equalized_focal_loss(
     Returns:
         0-dim loss sum in the compute dtype.
     """
-    check = bool(check_targets) and targets.dtype != torch.bool
     if torch.is_grad_enabled() and logits.requires_grad:
+        check = bool(check_targets) and targets.dtype != torch.bool
         return _FusedEFL.apply(logits, targets, gamma, weight, float(alpha), statistics, check)
-    loss, bad = _loss_sum_and_check(logits, targets, gamma, weight, alpha, check)
-    _raise_if_bad_targets(targets, bad)
-    return loss
+    return efl_loss_sum(logits, targets, gamma, weight, alpha, check_targets)

@@ -11,7 +11,6 @@ g_j = clamp(pos_j / (neg_j + 1e-10), 0, 1), where pos_j / neg_j accumulate, over
 iterations and all workers, |dL_total/dz| of the entries of column j whose target is 1 / 0.
 """
 
-import contextlib
 import logging
 from typing import Optional, Sequence, Union
 
@@ -20,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import fused_equalized_focal_loss
+from .kernels import autocast_off, fused_equalized_focal_loss, raise_if_bad_targets
 from .records import ALL_CLASSES, FREQUENCY_GROUPS, efl_summary_key
 
 try:  # summaries go to Detectron2's EventStorage when one is open
@@ -213,12 +212,7 @@ class EqualizedFocalLoss(nn.Module):
         # The fused kernel checks the target values in its own pass over the targets.
         self._check_inputs(logits, targets, normalizer, check_values=not fused)
         dtype = torch.promote_types(logits.dtype, torch.float32)
-        autocast_off = (
-            torch.autocast(device_type=logits.device.type, enabled=False)
-            if torch.amp.is_autocast_available(logits.device.type)
-            else contextlib.nullcontext()
-        )
-        with autocast_off:
+        with autocast_off(logits.device.type):
             gamma = self.gamma.to(dtype)
             if fused:
                 # The statistics are handed over in backward, as the tap below does.
@@ -280,13 +274,8 @@ class EqualizedFocalLoss(nn.Module):
                 f"logits must have shape (M, num_classes={self.num_classes}); "
                 f"got {tuple(logits.shape)}"
             )
-        if (
-            check_values
-            and targets.dtype != torch.bool
-            and not bool(((targets == 0) | (targets == 1)).all())
-        ):
-            bad = targets[(targets != 0) & (targets != 1)][:3].tolist()
-            raise ValueError(f"targets must be one-hot in {{0, 1}}; got values such as {bad}")
+        if check_values and targets.dtype != torch.bool:
+            raise_if_bad_targets(targets)
         if not isinstance(normalizer, torch.Tensor) and not normalizer > 0:
             raise ValueError(f"normalizer must be > 0; got normalizer={normalizer!r}")
 
