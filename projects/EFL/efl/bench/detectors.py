@@ -16,7 +16,8 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["ARCHS", "ANCHORS_PER_LOCATION", "build_detector", "random_batch", "train_step"]
+__all__ = ["ARCHS", "ANCHORS_PER_LOCATION", "load_model_config", "set_loss", "build_detector",
+           "random_batch", "train_step"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))))
@@ -25,22 +26,42 @@ ARCHS = {"retinanet": "configs/common/models/retinanet.py",
 ANCHORS_PER_LOCATION = {"retinanet": 9, "improved": 2}
 
 
+def load_model_config(arch: str):
+    """The LazyCall of ``arch``'s model from configs/common/models/ (K = 1203)."""
+    from detectron2.config import LazyConfig
+
+    if arch not in ARCHS:
+        raise InputError(f"unknown detector {arch!r}: one of {sorted(ARCHS)}")
+    path = os.path.join(ROOT, ARCHS[arch])
+    if not os.path.isfile(path):
+        raise InputError(f"model config {path} not found: run from a checkout of this project")
+    return LazyConfig.load(path).model
+
+
+def set_loss(model, loss: str, class_groups: Optional[Sequence[str]] = None):
+    """In place: "focal" leaves the model as is; "efl" makes a RetinaNet an EFLRetinaNet
+    (an ATSSRetinaNet stays one) with an EqualizedFocalLoss of the model's K."""
+    from detectron2.config import LazyCall as L
+    from detectron2.modeling import RetinaNet
+
+    from .. import EFLRetinaNet, EqualizedFocalLoss
+
+    if loss not in ("focal", "efl"):
+        raise InputError(f"unknown loss {loss!r}: 'focal' or 'efl'")
+    if loss == "efl":
+        if model._target_ is RetinaNet:
+            model._target_ = EFLRetinaNet
+        model.efl = L(EqualizedFocalLoss)(num_classes=model.num_classes, class_groups=class_groups)
+    return model
+
+
 def build_detector(arch: str, loss: str, num_classes: int, device="cpu", tiny: bool = False,
                    seed: int = 0) -> torch.nn.Module:
     """A randomly initialised detector in train mode (weights from ``seed``, the same for
     both losses). ``tiny``: ResNet-18 trunk, 32-channel FPN, one conv per head tower."""
-    from detectron2.config import LazyCall as L
-    from detectron2.config import LazyConfig, instantiate
+    from detectron2.config import instantiate
 
-    from .. import EFLRetinaNet, EqualizedFocalLoss
-
-    if arch not in ARCHS or loss not in ("focal", "efl"):
-        raise InputError(f"unknown detector {arch!r} / loss {loss!r}: arch is one of "
-                         f"{sorted(ARCHS)}, loss 'focal' or 'efl'")
-    path = os.path.join(ROOT, ARCHS[arch])
-    if not os.path.isfile(path):
-        raise InputError(f"model config {path} not found: run from a checkout of this project")
-    model = LazyConfig.load(path).model
+    model = load_model_config(arch)
     model.num_classes = num_classes
     if tiny:
         model.backbone.bottom_up.stages.depth = 18
@@ -49,10 +70,7 @@ def build_detector(arch: str, loss: str, num_classes: int, device="cpu", tiny: b
         model.backbone.out_channels = 32
         model.head.input_shape = [{"channels": 32}] * 5
         model.head.conv_dims = [32]
-    if loss == "efl":
-        if arch == "retinanet":
-            model._target_ = EFLRetinaNet
-        model.efl = L(EqualizedFocalLoss)(num_classes=num_classes)
+    set_loss(model, loss)
     torch.manual_seed(seed)
     return instantiate(model).to(device).train()
 
@@ -105,4 +123,4 @@ def train_step(model, optimizer, data, amp_dtype: Optional[torch.dtype] = None, 
         else:
             total.backward()
             optimizer.step()
-    return {k: float(v) for k, v in losses.items()}
+    return {k: float(v.detach()) for k, v in losses.items()}
