@@ -1,5 +1,5 @@
 """tools/gpu_check.py (efl.bench.gpu_check): every part at toy sizes on CPU, the AMP
-checks pass and can fail, and a clear error when CUDA is asked for but absent."""
+checks pass with non-zero differences, and a clear error when CUDA is asked for but absent."""
 
 import json
 import subprocess
@@ -41,21 +41,13 @@ def test_tiny_check_on_cpu_runs_every_part(tmp_path):
     assert all(r["median_s"] > 0 and r["peak_bytes"] > 0 for r in train)
     amp = result["parts"]["amp"]
     assert [r["passed"] for r in amp] == [True, True, True], amp
+    # Not vacuous: bfloat16 forward passes differ from float32 ones, within the tolerance.
+    assert 0 < amp[0]["max_abs_diff"] <= amp[0]["tolerance"]
+    assert 0 < max(amp[1]["pos_grad_diff"], amp[1]["neg_grad_diff"]) <= amp[1]["tolerance"]
     assert amp[2]["state_unchanged"] and amp[2]["params_unchanged"] and amp[2]["scale_halved"]
     table = proc.stdout
     assert table.count("PASS") == 3 and "retinanet x2 fp16 fused" in table
     assert "improved efl amp=bfloat16" in table
-
-
-@pytest.mark.slow
-def test_amp_check_fails_when_the_statistics_disagree(monkeypatch):
-    """The check is not vacuous: with a zero tolerance the (rounded) half-precision step
-    statistics cannot pass."""
-    monkeypatch.setitem(amp_module.STAT_TOL, torch.bfloat16, 0.0)
-    monkeypatch.setitem(amp_module.G_TOL, torch.bfloat16, 0.0)
-    sizes = TINY_SIZES.__class__(**{**TINY_SIZES.__dict__, "image_size": (32, 32)})
-    rows = amp_module.amp_check(sizes, torch.device("cpu"), log=lambda s: None)
-    assert [r["passed"] for r in rows] == [False, False, True]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")

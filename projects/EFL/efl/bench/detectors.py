@@ -56,13 +56,19 @@ def set_loss(model, loss: str, class_groups: Optional[Sequence[str]] = None):
 
 
 def build_detector(arch: str, loss: str, num_classes: int, device="cpu", tiny: bool = False,
-                   seed: int = 0) -> torch.nn.Module:
+                   seed: int = 0, batch_norm: bool = False) -> torch.nn.Module:
     """A randomly initialised detector in train mode (weights from ``seed``, the same for
-    both losses). ``tiny``: ResNet-18 trunk, 32-channel FPN, one conv per head tower."""
+    both losses). ``tiny``: ResNet-18 trunk, 32-channel FPN, one conv per head tower.
+    ``batch_norm``: BatchNorm instead of FrozenBN in the trunk and a normalised input, so
+    that activations stay in float16's range without pre-trained weights."""
     from detectron2.config import instantiate
 
     model = load_model_config(arch)
     model.num_classes = num_classes
+    if batch_norm:
+        model.backbone.bottom_up.stem.norm = "BN"
+        model.backbone.bottom_up.stages.norm = "BN"
+        model.pixel_std = [57.375, 57.120, 58.395]
     if tiny:
         model.backbone.bottom_up.stages.depth = 18
         model.backbone.bottom_up.stages.pop("stride_in_1x1")  # BasicBlock has none
