@@ -2,7 +2,6 @@
 --resume, argument errors, and a job of 2 tasks on submitit's local executor (CPU, gloo)
 whose EFL state equals a ``train_net.py --num-gpus 2`` run's."""
 
-import os
 import subprocess
 import sys
 

@@ -14,7 +14,7 @@ import json
 import os
 import platform
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 

@@ -12,11 +12,13 @@ LR ``lr`` with linear warm-up and x0.1 at 80% and 93% of the iterations, gradien
 at L2 35; bfloat16 autocast on CUDA (no gradient scaler needed), float32 on CPU.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Dict, List
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data.procedural import ProceduralStream, StreamDesign
-from ..errors import InputError, TrainingDiverged
+from ..errors import TrainingDiverged
 from .detectors import load_model_config, set_loss
 from .measure import anchor_layout
 
@@ -167,7 +169,8 @@ def evaluate(model, stream: ProceduralStream, json_path: str, batch: int) -> Dic
         MetadataCatalog.get(name).set(json_file=json_path, evaluator_type="lvis")
     evaluator = LVISEvaluator(name, tasks=("bbox",), distributed=False, output_dir=None,
                               max_dets_per_image=300)
-    results = inference_on_dataset(model, _ValLoader(stream, batch), evaluator)
+    with contextlib.redirect_stdout(sys.stderr):  # lvis-api prints its summary: keep stdout the table
+        results = inference_on_dataset(model, _ValLoader(stream, batch), evaluator)
     return {k: float(v) for k, v in results["bbox"].items()}
 
 
