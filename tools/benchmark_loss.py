@@ -24,7 +24,6 @@ The last line always holds the ratios to the baseline measured in the same run.
 """
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -39,8 +38,8 @@ from fvcore.nn import sigmoid_focal_loss_jit  # noqa: E402
 
 from efl import EqualizedFocalLoss  # noqa: E402
 from efl import kernels  # noqa: E402
+from efl.bench.measure import anchor_layout, make_loss_inputs, peak_memory, sync, timed  # noqa: E402
 
-STRIDES = (8, 16, 32, 64, 128)  # P3-P7
 BASELINE_PEAK_FACTOR = 14  # inputs (2) + measured focal-jit peak (11) + slack, in M*K tensors
 
 
@@ -68,42 +67,13 @@ def parse_args():
 
 def anchor_count(args):
     """Anchors of the batch and the arithmetic behind it, as text."""
-    d = args.size_divisibility
-    h, w = (math.ceil(s / d) * d for s in args.image_size)
-    # Each level halves the previous one (stride-2 convs with padding 1 give ceil(x / 2)),
-    # so level sizes are ceil(padded size / stride).
-    levels = [(s, math.ceil(h / s), math.ceil(w / s)) for s in STRIDES]
-    locations = sum(fh * fw for _, fh, fw in levels)
-    per_image = locations * args.anchors_per_location
-    m = per_image * args.num_images
-    text = (
-        f"images {args.image_size[0]}x{args.image_size[1]} padded to {h}x{w}; levels "
-        + ", ".join(f"P{int(math.log2(s))} {fh}x{fw}" for s, fh, fw in levels)
-        + f" = {locations} locations x {args.anchors_per_location} anchors = {per_image} "
-        f"anchors/image x {args.num_images} images = M = {m} anchors; "
-        f"M x K = {m} x {args.num_classes} = {m * args.num_classes:,} logits"
-    )
-    return m, text
+    m, text = anchor_layout(args.image_size, args.anchors_per_location, args.num_images,
+                            args.size_divisibility)
+    return m, text + f"; M x K = {m} x {args.num_classes} = {m * args.num_classes:,} logits"
 
 
 def make_inputs(args, m, device, dtype):
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    k = args.num_classes
-    # Logits around the classifier's prior (bias -log((1 - 0.01) / 0.01) = -4.6).
-    logits = (torch.randn(m, k, generator=gen) * 1.5 - 4.6).to(device=device, dtype=dtype)
-    num_pos = max(1, round(m * args.positive_fraction))
-    rows = torch.randperm(m, generator=gen)[:num_pos]
-    # Long-tailed labels: class c drawn with probability ~ 1 / (c + 1).
-    probs = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)
-    labels = torch.multinomial(probs, num_pos, replacement=True, generator=gen)
-    targets = torch.zeros(m, k, dtype=dtype, device=device)
-    targets[rows.to(device), labels.to(device)] = 1
-    return logits, targets, float(num_pos)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return make_loss_inputs(m, args.num_classes, device, dtype, args.positive_fraction, args.seed)
 
 
 def one_step(fn, z, targets, normalizer, device):
@@ -114,40 +84,13 @@ def one_step(fn, z, targets, normalizer, device):
     return time.perf_counter() - t
 
 
-def peak_memory(fn, z, targets, normalizer, device):
+def step_peak_memory(fn, z, targets, normalizer, device):
     """Peak bytes allocated above what existed before one forward + backward (inputs not
     counted; the gradient written into z.grad is)."""
     z.grad = None
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn(z, targets, normalizer).backward()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn(z, targets, normalizer).backward()
-        events = sorted(
-            (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-            key=lambda e: e.start_ns(),
-        )
-        current = peak = 0
-        for e in events:
-            current += e.nbytes()
-            peak = max(peak, current)
+    peak = peak_memory(lambda: fn(z, targets, normalizer).backward(), device)
     z.grad = None
     return peak
-
-
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
 
 
 def bandwidth_run(fast, z, logits, targets, normalizer, device, repeats):
@@ -225,7 +168,7 @@ def main():
         for _ in range(max(0, args.warmup - 1)):
             one_step(fn, z, targets, normalizer, device)
         times = [one_step(fn, z, targets, normalizer, device) for _ in range(args.repeats)]
-        peak = peak_memory(fn, z, targets, normalizer, device)
+        peak = step_peak_memory(fn, z, targets, normalizer, device)
         results[key] = dict(first=first, median=statistics.median(times), peak=peak)
         print(f"{label:42s} fwd+bwd median {statistics.median(times):8.4f} s "
               f"(min {min(times):.4f}, first call {first:.3f} s); peak {peak / 2**20:9.1f} MiB "

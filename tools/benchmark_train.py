@@ -14,11 +14,15 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
+
+from efl.bench.detectors import random_batch  # noqa: E402  (shared with tools/gpu_check.py)
 
 
 def parse_args():
@@ -42,23 +46,6 @@ def build(kind, num_classes, device):
         cfg.model.efl.class_groups = None
     torch.manual_seed(0)
     return instantiate(cfg.model).to(device).train()
-
-
-def random_batch(batch, size, num_classes, device, seed=0):
-    from detectron2.structures import Boxes, Instances
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(batch):
-        n = 4
-        xy = torch.rand(n, 2, generator=gen) * size * 0.6
-        wh = 16 + torch.rand(n, 2, generator=gen) * 28
-        inst = Instances((size, size))
-        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1).to(device))
-        inst.gt_classes = torch.randint(0, num_classes, (n,), generator=gen).to(device)
-        image = torch.randint(0, 255, (3, size, size), generator=gen).float().to(device)
-        out.append({"image": image, "instances": inst})
-    return out
 
 
 def step(model, optimizer, data):
