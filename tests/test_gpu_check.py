@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 from efl.bench import amp_check as amp_module
 from efl.bench.gpu_check import TINY_SIZES, check_device

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import ROOT
 from efl.report import (
     METRICS,
     REPORT_FILES,

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 from efl.bench.measure import anchor_layout
 from efl.bench.scale_probe import GPU_PROBE, design_numbers

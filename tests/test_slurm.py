@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.engine import default_argument_parser
 
-from conftest import ROOT
+from helpers import ROOT
 from runs import CONFIG, assert_same, dataset_root, train_net
 
 from efl.engine.slurm import TrainNetJob, split_train_args, submit
