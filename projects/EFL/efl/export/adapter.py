@@ -15,7 +15,8 @@ what gets traced, through Detectron2's ``TracingAdapter``; nothing is re-impleme
 
 import contextlib
 import copy
-from typing import Iterator, Tuple
+import re
+from typing import Iterator, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -84,11 +85,25 @@ def tracing_adapter(model: nn.Module, sample_image: Tensor) -> nn.Module:
     return TracingAdapter(model, sample_image, inference_func=detections).eval()
 
 
+def _parts_using(traced: torch.jit.ScriptModule, op: str) -> List[str]:
+    """Submodule names (``model.head.cls_score``) whose traced code calls ``op``."""
+    parts = []
+    nodes = list(traced.inlined_graph.nodes())
+    while nodes:
+        node = nodes.pop()
+        nodes += [n for block in node.blocks() for n in block.nodes()]
+        if node.kind() == op:
+            scope = node.scopeName().split("/")[-1].replace("__module.", "")
+            parts.append(scope or "model")
+    return sorted(set(parts))
+
+
 @contextlib.contextmanager
-def locate_failure(model: nn.Module, what: str) -> Iterator[None]:
-    """Turn an exception raised while tracing/exporting ``model`` into an
-    :class:`ExportError` naming the innermost submodule that was running (``model.head``),
-    or, for an ONNX conversion failure, the operator the converter rejected."""
+def locate_failure(model: nn.Module, what: str, adapter: nn.Module, sample: Tensor) -> Iterator[None]:
+    """Turn an exception raised while tracing/exporting ``adapter`` (wrapping ``model``)
+    into an :class:`ExportError` naming the part of the model: the innermost submodule
+    that was running when tracing failed (``model.head``), or, when the ONNX converter
+    rejects an operator, the submodules whose traced code uses it."""
     names = {m: ("model." + n if n else "model") for n, m in model.named_modules()}
     stack = []
 
@@ -107,15 +122,24 @@ def locate_failure(model: nn.Module, what: str) -> Iterator[None]:
     except InputError:
         raise
     except Exception as e:
-        message = " ".join(str(e).split())[:400]
-        part = stack[-1] if stack else None
-        where = (f"{part} ({type(model.get_submodule(part[6:]) if part != 'model' else model).__name__}) "
-                 "failed while being traced" if part else "the traced graph could not be converted")
+        message = " ".join(str(e).split())[:300]
+        if stack:
+            part = stack[-1]
+            module = model if part == "model" else model.get_submodule(part[len("model."):])
+            where = f"{part} ({type(module).__name__}) failed while being traced"
+        else:
+            for handle in handles:
+                handle.remove()
+            op = re.search(r"operator '([\w:.]+)'", str(e))
+            parts = _parts_using(torch.jit.trace(adapter, (sample,), check_trace=False),
+                                 op.group(1)) if op else []
+            where = (f"{', '.join(parts)} uses {op.group(1)}, which has no ONNX conversion"
+                     if parts else "the traced graph could not be converted")
         raise ExportError(
-            f"Cannot export the model to {what}: {where}: {type(e).__name__}: {message}. "
+            f"Cannot export the model to {what}: {where} ({type(e).__name__}: {message}). "
             "That part of the model has no export path; replace it in the config with a "
             "standard Detectron2 layer, or export the other format."
-        ) from e
+        ) from None
     finally:
         for handle in handles:
             handle.remove()

@@ -12,6 +12,7 @@ threshold), so it is not used.
 
 import io
 import os
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -54,7 +55,12 @@ def export_detector(model: nn.Module, fmt: str, output_dir: str, sample_image: T
     sample_image = sample_image.to(torch.float32).cpu()
     adapter = tracing_adapter(model, sample_image)
     buffer = io.BytesIO()
-    with torch.no_grad(), locate_failure(model, fmt):
+    # Detectron2's traced code warns of Python values taken from tensors; the ones that
+    # matter (image size, detection counts) stay dynamic (the parity tests vary them).
+    with torch.no_grad(), locate_failure(model, fmt, adapter, sample_image), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(adapter, (sample_image,), check_trace=False)
             torch.jit.save(traced, buffer)
@@ -84,7 +90,9 @@ def load_exported(path: str) -> Callable[[Tensor], Detections]:
             return tuple(torch.from_numpy(o) for o in outputs)
 
         return run_onnx
-    module = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():  # torch.jit is deprecated in favour of torch.export
+        warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
+        module = torch.jit.load(path, map_location="cpu")
 
     def run_torchscript(image: Tensor) -> Detections:
         with torch.no_grad():

@@ -4,6 +4,7 @@ except the loss modules' state, which inference does not use."""
 
 import copy
 import logging
+import os
 
 from torch import nn
 
@@ -37,6 +38,11 @@ def load_weights(model: nn.Module, path: str) -> None:
         raise CheckpointError(
             "No weights given: set train.init_checkpoint=path/to/model_final.pth (the "
             "checkpoint of a run trained with this config)."
+        )
+    if "://" not in path and not os.path.isfile(path):
+        raise CheckpointError(
+            f"train.init_checkpoint={path}: file not found. Give the path of the trained "
+            "model's checkpoint, e.g. output/demo/<run>/model_final.pth."
         )
     checkpointer = _Recording(model)
     checkpointer.resume_or_load(path, resume=False)
