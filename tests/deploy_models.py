@@ -1,6 +1,7 @@
 """Tiny detectors of each exportable meta-architecture, trained briefly (once per test
 session) on the tiny dataset, for the export and predict tests."""
 
+import contextlib
 import copy
 import functools
 import os
@@ -42,20 +43,28 @@ def tiny_deploy_config(arch: str, prefix: str, output_dir: str, max_iter: int = 
     return cfg
 
 
+@contextlib.contextmanager
+def one_thread():
+    """Tiny convolutions: a second (OpenMP) thread only contends, badly so when other
+    processes load the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=None)
 def trained(arch: str, prefix: str, output_root: str):
     """(config, model in eval mode, path of model_final.pth) after a short training run."""
-    import torch
-
     from efl.engine import Trainer
 
     cfg = tiny_deploy_config(arch, prefix, os.path.join(output_root, arch))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: a second (OpenMP) thread only contends
-    try:
+    with one_thread():
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
         trainer.train()
-    finally:
-        torch.set_num_threads(threads)
     return cfg, trainer.model.eval(), os.path.join(cfg.train.output_dir, "model_final.pth")

@@ -14,7 +14,6 @@ what gets traced, through Detectron2's ``TracingAdapter``; nothing is re-impleme
 """
 
 import contextlib
-import copy
 import re
 from typing import Iterator, List, Tuple
 
@@ -61,16 +60,30 @@ def check_exportable(model: nn.Module) -> None:
         )
 
 
-def inference_model(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for inference and export: eval mode, on the CPU, without its
-    loss modules (:class:`EqualizedFocalLoss`: training-only state)."""
+@contextlib.contextmanager
+def inference_model(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` prepared for inference and export, restored on exit: eval mode, on the
+    CPU, without its loss modules (:class:`EqualizedFocalLoss`: training-only state).
+
+    In place rather than a copy: a model that has been trained may hold references
+    (e.g. to its trainer's files) that cannot be deep-copied.
+    """
     check_exportable(model)
-    model = copy.deepcopy(model).cpu().eval()
+    training = model.training
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    detached = []
     for name, module in list(model.named_modules()):
         if isinstance(module, EqualizedFocalLoss):
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, None)
-    return model
+            owner = model.get_submodule(parent)
+            detached.append((owner, attr, module))
+            setattr(owner, attr, None)
+    try:
+        yield model.cpu().eval()
+    finally:
+        for owner, attr, module in detached:
+            setattr(owner, attr, module)
+        model.to(device).train(training)
 
 
 def detections(model: nn.Module, image: Tensor) -> Detections:

@@ -51,26 +51,25 @@ def export_detector(model: nn.Module, fmt: str, output_dir: str, sample_image: T
         ExportError: unknown format, or a part of the model that cannot be exported (named).
     """
     check_format(fmt)
-    model = inference_model(model)
     sample_image = sample_image.to(torch.float32).cpu()
-    adapter = tracing_adapter(model, sample_image)
     buffer = io.BytesIO()
     # Detectron2's traced code warns of Python values taken from tensors; the ones that
     # matter (image size, detection counts) stay dynamic (the parity tests vary them).
-    with torch.no_grad(), locate_failure(model, fmt, adapter, sample_image), warnings.catch_warnings():
+    with inference_model(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        if fmt == "torchscript":
-            traced = torch.jit.trace(adapter, (sample_image,), check_trace=False)
-            torch.jit.save(traced, buffer)
-        else:
-            torch.onnx.export(
-                adapter, (sample_image,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                dynamic_axes={"image": {1: "height", 2: "width"},
-                              **{name: {0: "detections"} for name in OUTPUT_NAMES}},
-            )
+        adapter = tracing_adapter(model, sample_image)
+        with locate_failure(model, fmt, adapter, sample_image):
+            if fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(adapter, (sample_image,), check_trace=False), buffer)
+            else:
+                torch.onnx.export(
+                    adapter, (sample_image,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+                    input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                    dynamic_axes={"image": {1: "height", 2: "width"},
+                                  **{name: {0: "detections"} for name in OUTPUT_NAMES}},
+                )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, FORMATS[fmt])
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
@@ -104,10 +103,9 @@ def load_exported(path: str) -> Callable[[Tensor], Detections]:
 def eager(model: nn.Module) -> Callable[[Tensor], Detections]:
     """The reference the exported files are compared with: ``model``'s own inference on
     the CPU, without its loss modules, as the same function of one image."""
-    model = inference_model(model)
 
     def run(image: Tensor) -> Detections:
-        with torch.no_grad():
+        with inference_model(model), torch.no_grad():
             return detections(model, image.cpu())
 
     return run
