@@ -65,8 +65,8 @@ def inference_model(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` prepared for inference and export, restored on exit: eval mode, on the
     CPU, without its loss modules (:class:`EqualizedFocalLoss`: training-only state).
 
-    In place rather than a copy: a model that has been trained may hold references
-    (e.g. to its trainer's files) that cannot be deep-copied.
+    In place rather than on a copy: a model trained by ``efl.engine.Trainer`` cannot be
+    deep-copied (``copy.deepcopy`` meets an open file object).
     """
     check_exportable(model)
     training = model.training
