@@ -57,7 +57,7 @@ def test_exported_detections_equal_eager(model, fmt, tiny_dataset, tmp_path):
         top_scores.append(float(ref[1].max()))
     assert max(top_scores) > 0.05, "training did not lift any score above the prior"
     print(f"\n{type(model).__name__} {fmt}: {len(images)} images, max |score diff| "
-          f"{worst_score:.2e}, max |box diff| {worst_box:.2e} px")
+          f"{worst_score:.2e}, max |box diff| {worst_box:.2e} px, top score {max(top_scores):.2f}")
 
 
 def _random_model(arch, tiny_dataset, tmp_path):
