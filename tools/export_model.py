@@ -53,15 +53,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[export] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
+    # Weights that do not fit are one error paragraph (efl.export.load_weights), not
+    # the checkpointer's per-tensor log; no model printout either.
+    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import warnings
 
+    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)  # torch.jit
     from efl.engine import load_config
     from efl.errors import InputError
     from efl.export import (ExportError, build_inference_model, check_exportable, check_format,
                             compare_detections, eager, export_detector, load_exported)
 
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")  # tracer warnings
     try:
         check_format(args.format)

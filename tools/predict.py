@@ -46,7 +46,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[predict] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    logging.getLogger("fvcore").setLevel(logging.WARNING)
+    # Weights that do not fit are one error paragraph (efl.export.load_weights), not
+    # the checkpointer's per-tensor log; no model printout either.
+    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)  # torch.jit
     from tqdm import tqdm
 
     from efl.engine import load_config

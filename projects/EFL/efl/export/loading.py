@@ -42,7 +42,7 @@ def load_weights(model: nn.Module, path: str) -> None:
     if "://" not in path and not os.path.isfile(path):
         raise CheckpointError(
             f"train.init_checkpoint={path}: file not found. Give the path of the trained "
-            "model's checkpoint, e.g. output/demo/<run>/model_final.pth."
+            "model's checkpoint, e.g. output/demo/seed0/efl/model_final.pth."
         )
     checkpointer = _Recording(model)
     checkpointer.resume_or_load(path, resume=False)
