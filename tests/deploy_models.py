@@ -11,7 +11,7 @@ from detectron2.config import LazyConfig
 from conftest import ROOT, tiny_lazy_config
 
 ARCHS = ("retinanet", "efl_retinanet", "efl_fcos", "atss")
-TRAIN_ITERS = 80  # max scores 0.1-0.4 on the validation images (prior: 0.01)
+TRAIN_ITERS = 150  # top scores 0.1-1 on the validation images (prior: 0.01); 80 left some runs < 0.05
 
 
 def tiny_deploy_config(arch: str, prefix: str, output_dir: str, max_iter: int = TRAIN_ITERS):

@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)  # torch.jit
+    warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)  # Detectron2
     from tqdm import tqdm
 
     from efl.engine import load_config
