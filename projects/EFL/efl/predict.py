@@ -24,7 +24,8 @@ from detectron2.utils.visualizer import Visualizer
 from .checkpoint import atomic_write
 from .errors import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "class_metadata", "Predictor", "PredictionRun"]
+__all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "class_metadata", "Predictor", "PredictionRun",
+           "no_images_error"]
 
 logger = logging.getLogger(__name__)
 
