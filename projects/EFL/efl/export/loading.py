@@ -1,0 +1,85 @@
+"""Build a config's detector with trained weights for inference: every weight must come
+from the checkpoint (a tensor of another shape or one missing is an error naming it),
+except the loss modules' state, which inference does not use."""
+
+import copy
+import logging
+import os
+
+from torch import nn
+
+from ..checkpoint import EFLCheckpointer
+from ..errors import CheckpointError
+from ..losses import EqualizedFocalLoss
+
+__all__ = ["build_inference_model", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Recording(EFLCheckpointer):
+    """Keeps what loading left out (fvcore's ``_IncompatibleKeys``)."""
+
+    incompatible = None
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load ``path`` (a Detectron2 checkpoint, as ``train.init_checkpoint``) into ``model``.
+
+    Raises:
+        CheckpointError: no path, a missing or unreadable file, or weights that do not fit
+            the model (names the tensors and both shapes).
+    """
+    if not path:
+        raise CheckpointError(
+            "No weights given: set train.init_checkpoint=path/to/model_final.pth (the "
+            "checkpoint of a run trained with this config)."
+        )
+    if "://" not in path and not os.path.isfile(path):
+        raise CheckpointError(
+            f"train.init_checkpoint={path}: file not found. Give the path of the trained "
+            "model's checkpoint, e.g. output/demo/seed0/efl/model_final.pth."
+        )
+    checkpointer = _Recording(model)
+    checkpointer.resume_or_load(path, resume=False)
+    incompatible = checkpointer.incompatible
+    if incompatible is None:  # nothing loaded (fvcore returns early for an empty path)
+        return
+    loss_prefixes = tuple(
+        f"{n}." for n, m in model.named_modules() if isinstance(m, EqualizedFocalLoss)
+    )
+    shapes = [(k, c, m) for k, c, m in incompatible.incorrect_shapes
+              if not k.startswith(loss_prefixes)]
+    reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys
+               if k not in reshaped and not k.startswith(loss_prefixes)]
+    problems = [f"{k} is {tuple(c)} in the checkpoint but {tuple(m)} in the model"
+                for k, c, m in shapes]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problems.append(f"not in the checkpoint: {', '.join(missing[:5])}{more}")
+    if problems:
+        raise CheckpointError(
+            f"The weights in {path} do not fit the model of this config: "
+            + "; ".join(problems[:6])
+            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            + ". Use the config the checkpoint was trained with (same model and "
+            "model.num_classes), or a checkpoint trained with this one."
+        )
+
+
+def build_inference_model(cfg) -> nn.Module:
+    """``cfg``'s model (``Trainer.build_model``, on ``train.device``) in eval mode, weights
+    from ``train.init_checkpoint`` (see :func:`load_weights`)."""
+    from ..engine import Trainer
+
+    cfg = copy.deepcopy(cfg)
+    if "efl" in cfg.model and cfg.model.efl is not None and "class_groups" in cfg.model.efl:
+        cfg.model.efl.class_groups = None  # training statistics only; needs no dataset
+    model = Trainer.build_model(cfg)
+    load_weights(model, cfg.train.init_checkpoint)
+    return model.eval()
