@@ -93,50 +93,101 @@ def _box_iou(d: np.ndarray, g: np.ndarray) -> np.ndarray:
         return np.where(inter > 0, inter / union, 0.0)
 
 
-def _match(dbox, dstart, dcount, gbox, gign, gstart, gcount):
-    """Greedy matching of the groups (image, class) that have both detections and ground
-    truth. Detections of a group are ``dstart + arange(dcount)`` in score order, ground
-    truth ``gstart + arange(gcount)`` in file order; ``gign`` (G, A) is the per-area-range
-    ignore flag. Returns, per detection slot (len(dbox), T, A): matched, matched-to-ignored."""
-    T, A = len(IOU_THRESHOLDS), gign.shape[1]
-    matched = np.zeros((len(dbox), T, A), bool)
-    matched_ign = np.zeros((len(dbox), T, A), bool)
-    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None, None]
-    # buckets of similar (detections, ground truth) counts bound the padding to 4x
+def _buckets(dstart, dcount, gstart, gcount, per_entry: int):
+    """Groups padded to (S, D) detections x (S, M) ground truth, in buckets of similar
+    counts (padding at most 4x), chunked to about ``_CHUNK / per_entry`` S x D x M entries.
+    Yields (group indices, detection indices (S, D), valid (S, D), gt indices, valid)."""
     bucket = np.ceil(np.log2(dcount)).astype(int) * 64 + np.ceil(np.log2(gcount)).astype(int)
     for b in np.unique(bucket):
         sel = np.flatnonzero(bucket == b)
         D, M = int(dcount[sel].max()), int(gcount[sel].max())
-        per = max(1, _CHUNK // (D * M * T * A // 8 + D * M))
+        per = max(1, _CHUNK // (D * M * per_entry))
         for lo in range(0, len(sel), per):
             s = sel[lo:lo + per]
-            di = dstart[s, None] + np.arange(D)  # (S, D)
             dvalid = np.arange(D) < dcount[s, None]
-            gi = gstart[s, None] + np.arange(M)
             gvalid = np.arange(M) < gcount[s, None]
-            di, gi = np.where(dvalid, di, dstart[s, None]), np.where(gvalid, gi, gstart[s, None])
-            iou = _box_iou(dbox[di][:, :, None, :], gbox[gi][:, None, :, :])  # (S, D, M)
-            ign = gign[gi].transpose(0, 2, 1)[:, None, :, :]  # (S, 1, A, M)
-            taken = np.zeros((len(s), T, A, M), bool)
-            last = np.arange(M)[None, None, None, :]
-            for r in range(D):
-                ok = dvalid[:, r]
-                cand = (~taken) & (iou[:, r, None, None, :] >= thr) & gvalid[:, None, None, :]
-                choice = np.full(cand.shape[:3], -1)
-                for want_ign in (True, False):  # the non-ignored choice (second) wins
-                    c = cand & (ign == want_ign)
-                    val = np.where(c, iou[:, r, None, None, :], -1.0)
-                    best = val.max(-1, keepdims=True)
-                    pick = np.where(c & (val == best), last, -1).max(-1)  # ties: the later
-                    choice = np.where(pick >= 0, pick, choice)
-                choice = np.where(ok[:, None, None], choice, -1)
-                hit = choice >= 0
-                si, ti, ai = np.nonzero(hit)
-                taken[si, ti, ai, choice[hit]] = True
-                slot = di[:, r]
-                matched[slot[si], ti, ai] = True
-                matched_ign[slot[si], ti, ai] = ign[si, 0, ai, choice[hit]]
+            di = np.where(dvalid, dstart[s, None] + np.arange(D), dstart[s, None])
+            gi = np.where(gvalid, gstart[s, None] + np.arange(M), gstart[s, None])
+            yield s, di, dvalid, gi, gvalid
+
+
+def _max_iou(dbox, dstart, dcount, gbox, gstart, gcount) -> np.ndarray:
+    """Per detection, its highest IoU with the ground truth of its group."""
+    best = np.zeros(len(dbox))
+    for _, di, dvalid, gi, gvalid in _buckets(dstart, dcount, gstart, gcount, 1):
+        iou = _box_iou(dbox[di][:, :, None, :], gbox[gi][:, None, :, :])
+        best[di[dvalid]] = np.where(gvalid[:, None, :], iou, 0.0).max(-1)[dvalid]
+    return best
+
+
+def _match(dbox, dstart, dcount, gbox, gign, gstart, gcount):
+    """Greedy matching of the groups (image, class) that have both detections and ground
+    truth. Detections of a group are ``dstart + arange(dcount)`` in score order, ground
+    truth ``gstart + arange(gcount)`` in file order; ``gign`` (G, A) is the per-area-range
+    ignore flag. Returns, per detection (len(dbox), T, A): matched, matched-to-ignored."""
+    T, A = len(IOU_THRESHOLDS), gign.shape[1]
+    matched = np.zeros((len(dbox), T, A), bool)
+    matched_ign = np.zeros((len(dbox), T, A), bool)
+    thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)[None, :, None, None]
+    last = None
+    for s, di, dvalid, gi, gvalid in _buckets(dstart, dcount, gstart, gcount, T * A):
+        iou = _box_iou(dbox[di][:, :, None, :], gbox[gi][:, None, :, :])  # (S, D, M)
+        ign = gign[gi].transpose(0, 2, 1)[:, None, :, :]  # (S, 1, A, M)
+        M = gi.shape[1]
+        taken = np.zeros((len(s), T, A, M), bool)
+        last = np.arange(M)[None, None, None, :]
+        for r in range(di.shape[1]):  # the r-th detection of every group at once
+            cand = (~taken) & (iou[:, r, None, None, :] >= thr) & gvalid[:, None, None, :]
+            cand &= dvalid[:, r, None, None, None]
+            # ignored ground truth only if no other is left; then the highest IoU, the later on ties
+            cand &= ~ign | ~(cand & ~ign).any(-1, keepdims=True)
+            val = np.where(cand, iou[:, r, None, None, :], -1.0)
+            best = val.max(-1, keepdims=True)
+            choice = np.where(cand & (val == best), last, -1).max(-1)
+            hit = choice >= 0
+            si, ti, ai = np.nonzero(hit)
+            taken[si, ti, ai, choice[hit]] = True
+            slot = di[si, r]
+            matched[slot, ti, ai] = True
+            matched_ign[slot, ti, ai] = ign[si, 0, ai, choice[hit]]
     return matched, matched_ign
+
+
+def _class_precision(rank, matched, matched_ign, could_fp, fp_base, c_sorted, num_gt, K):
+    """(R, K) interpolated precision of one (IoU threshold, area range) from the matched
+    detections alone: precision only rises at true positives, so its running maximum from
+    the right, sampled at the first position reaching each recall, is read at the true
+    positives. ``rank``: position of each matched-candidate detection in class/score order;
+    ``fp_base``: per position, the count so far (in its class) of detections that are false
+    positives unless matched."""
+    R = len(RECALL_THRESHOLDS)
+    sel = np.flatnonzero(matched)
+    order = np.argsort(rank[sel])
+    pos, tp_flag = rank[sel][order], ~matched_ign[sel][order]
+    cls = c_sorted[pos]
+    _, starts, counts = _segments(cls)
+    first = np.repeat(starts, counts)
+    ok = np.cumsum(could_fp[pos])  # matched detections that would otherwise be FPs
+    ok -= np.r_[0, ok][first]
+    tp = np.cumsum(tp_flag)
+    tp -= np.r_[0, tp][first]
+    pos, cls, tp = pos[tp_flag], cls[tp_flag], tp[tp_flag].astype(np.float64)
+    fp = (fp_base[pos] - ok[tp_flag]).astype(np.float64)
+    out = np.where(num_gt > 0, 0.0, -1.0)[None, :].repeat(R, 0)
+    if len(pos) == 0:
+        return out
+    ck, cs, cc = _segments(cls)
+    seg = np.repeat(np.arange(len(ck)), cc)
+    rc = tp / num_gt[cls]
+    pr = tp / (fp + tp + np.spacing(1))
+    offset = 2.0 * (len(ck) - seg)[::-1]  # the running maximum restarts at each class
+    env = (np.maximum.accumulate(pr[::-1] + offset) - offset)[::-1]
+    thr_pos = np.searchsorted(RECALL_THRESHOLDS, rc, side="right")
+    cnt = np.bincount(seg * (R + 1) + thr_pos, minlength=len(ck) * (R + 1))
+    cnt = cnt.reshape(len(ck), R + 1).cumsum(1)[:, :R]  # true positives with rc < threshold
+    val = np.where(cnt < cc[:, None], env[np.minimum(cs[:, None] + cnt, len(env) - 1)], 0.0)
+    out[:, ck] = val.T
+    return out
 
 
 def evaluate_lvis_fast(gt: dict, results: Sequence[dict], max_dets: int = 300) -> Dict[str, float]:
@@ -199,56 +250,39 @@ def _precision(gt: dict, results: Sequence[dict], max_dets: int):
     nel = _id_pairs(images, "not_exhaustive_category_ids", img_of, cat_ids)
     d_nel = np.isin(d_key, nel)
 
-    # matching, only where an (image, class) has both
+    # matching, only where an (image, class) has both, only detections that reach IoU 0.5
     dk, ds, dc = _segments(d_key)
     gk, gs, gc = _segments(g_key)
-    both_d = np.isin(dk, gk)
-    both_g = _index(dk[both_d], gk)
-    in_both = np.repeat(both_d, dc)
-    slots = np.flatnonzero(in_both)  # detections that can match, in d order
-    slot_start = np.cumsum(np.r_[0, dc[both_d]])[:-1]
-    matched, matched_ign = _match(d_box[slots], slot_start, dc[both_d],
-                                  g_box, g_ignA, gs[both_g], gc[both_g])
+    both = np.isin(dk, gk)
+    g_of = _index(dk[both], gk)
+    cand = np.flatnonzero(np.repeat(both, dc))  # detections sharing (image, class) with gt
+    cand_start = np.cumsum(np.r_[0, dc[both]])[:-1]
+    best = _max_iou(d_box[cand], cand_start, dc[both], g_box, gs[g_of], gc[g_of])
+    reach = best >= IOU_THRESHOLDS[0]
+    slots = cand[reach]  # in group order, so groups stay contiguous
+    group = np.repeat(np.arange(len(g_of)), dc[both])[reach]
+    sk, sstart, scount = _segments(group)
+    matched, matched_ign = _match(d_box[slots], sstart, scount, g_box, g_ignA,
+                                  gs[g_of[sk]], gc[g_of[sk]])
 
     # accumulation per class: all images, score order, ties by image then original order
     acc = np.lexsort((np.arange(len(d_key)), d_imgi, -d_score, d_cati))
+    rank = np.empty(len(acc), np.int64)
+    rank[acc] = np.arange(len(acc))
     c_sorted = d_cati[acc]
     ck, cs, cc = _segments(c_sorted)
-    seg_of = np.repeat(np.arange(len(ck)), cc)
-    slot_of = np.full(len(d_key), -1)
-    slot_of[slots] = np.arange(len(slots))
-    slot_of = slot_of[acc]
-    has = slot_of >= 0
-    out_of_range = (d_area[acc][:, None] < lo) | (d_area[acc][:, None] > hi)  # (N, A)
-    nel_sorted = d_nel[acc]
+    # per area range: running count, within the class, of detections that are a false
+    # positive unless matched (area in range, class exhaustively annotated)
+    could_fp = ~((d_area[acc][:, None] < lo) | (d_area[acc][:, None] > hi) | d_nel[acc][:, None])
+    fp_base = np.cumsum(could_fp, axis=0)
+    fp_base -= np.repeat(np.r_[np.zeros((1, A), np.int64), fp_base][cs], cc, axis=0)
     precision = -np.ones((T, R, K, A))
-    offset = 2.0 * (len(ck) - seg_of)[::-1]  # reversed running max restarts at each class
+    slot_rank = rank[slots]
     for t in range(T):
         for a in range(A):
-            m = np.zeros(len(acc), bool)
-            mi = np.zeros(len(acc), bool)
-            m[has] = matched[slot_of[has], t, a]
-            mi[has] = matched_ign[slot_of[has], t, a]
-            ign = mi | (~m & (out_of_range[:, a] | nel_sorted))
-            tp = np.cumsum(m & ~ign)
-            fp = np.cumsum(~m & ~ign)
-            base = np.r_[0, tp][cs]
-            tp = (tp - np.repeat(base, cc)).astype(np.float64)
-            fp = (fp - np.repeat(np.r_[0, fp][cs], cc)).astype(np.float64)
-            ngt = num_gt[ck, a]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                rc = tp / ngt[seg_of]
-            pr = tp / (fp + tp + np.spacing(1))
-            env = (np.maximum.accumulate((pr[::-1] + offset)) - offset)[::-1]
-            pos = np.searchsorted(RECALL_THRESHOLDS, np.nan_to_num(rc, nan=2.0), side="right")
-            cnt = np.bincount(seg_of * (R + 1) + pos, minlength=len(ck) * (R + 1))
-            cnt = cnt.reshape(len(ck), R + 1).cumsum(1)[:, :R]  # entries with rc < threshold
-            inside = cnt < cc[:, None]
-            val = np.where(inside, env[np.minimum(cs[:, None] + cnt, len(env) - 1)], 0.0)
-            p = np.zeros((R, K))  # classes with ground truth but no detection: 0
-            p[:, ck] = val.T
-            p[:, num_gt[:, a] == 0] = -1
-            precision[t, :, :, a] = p
+            precision[t, :, :, a] = _class_precision(
+                slot_rank, matched[:, t, a], matched_ign[:, t, a], could_fp[:, a],
+                fp_base[:, a], c_sorted, num_gt[:, a], K)
     freq = np.array([c.get("frequency", "") for c in cats])
     return precision, freq
 
