@@ -37,9 +37,10 @@ def setup_custom_dataset(cfg):
         json_file = os.path.abspath(os.path.expanduser(ds[f"{split}_json"]))
         try:
             register_lvis_format(name, json_file, os.path.abspath(os.path.expanduser(ds.image_root)))
-            prepare_datasets([name])
         except ValueError as e:  # the name is taken by other files
             raise ConfigError(f"dataset.name={ds.name}: {e}; pass another dataset.name.") from None
+        try:
+            prepare_datasets([name])
         except InputError as e:
             raise ConfigError(f"dataset.{split}_json={ds[f'{split}_json']}: {e} Prepare the "
                               "files with tools/prepare_long_tail.py.") from None
