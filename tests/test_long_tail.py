@@ -205,3 +205,33 @@ def test_custom_config_trains_and_evaluates(coco_files, tmp_path):
     with open(tmp_path / "lt" / "train.json") as f:
         expected = [c["frequency"] for c in json.load(f)["categories"]]
     assert frequency_groups("lt_run_train") == expected and len(set(expected)) == 3
+
+
+@pytest.mark.parametrize("custom, recipe", [
+    ("retinanet_efl.py", "retinanet_R_50_FPN_2x_efl.py"),
+    ("retinanet_focal.py", "retinanet_R_50_FPN_2x_focal.py"),
+    ("improved_efl.py", "efl_improved_R_50_FPN_24ep.py"),
+    ("improved_focal.py", "focal_improved_R_50_FPN_24ep.py"),
+])
+def test_custom_configs_are_the_lvis_recipes(custom, recipe):
+    """Same model (R-50, ImageNet init), optimiser, schedule and loaders as the LVIS recipe
+    but the dataset names, num_classes (from the file) and the output folder."""
+    from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
+
+    a = LazyConfig.load(os.path.join(ROOT, "configs", "Custom", custom))
+    b = LazyConfig.load(os.path.join(ROOT, "configs", "LVISv1", recipe))
+    assert a.model.num_classes is None and b.model.num_classes == 1203
+    a.model.num_classes = b.model.num_classes
+    if "efl" in b.model:
+        assert a.model.efl.class_groups.dataset_name == "custom_train"  # resolved from dataset.name
+        a.model.efl.class_groups.dataset_name = b.model.efl.class_groups.dataset_name
+    assert a.dataloader.train.dataset.names == "custom_train"  # resolved from dataset.name
+    assert a.dataloader.test.dataset.names == "custom_val"
+    a.dataloader.train.dataset.names = b.dataloader.train.dataset.names
+    a.dataloader.test.dataset.names = b.dataloader.test.dataset.names
+    a.train.output_dir = b.train.output_dir
+    assert a.train.init_checkpoint == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    for key in ("model", "dataloader", "optimizer", "lr_multiplier", "train"):
+        assert OmegaConf.to_container(a[key]) == OmegaConf.to_container(b[key]), key
+    assert set(a.dataset) == {"name", "train_json", "val_json", "image_root"}
