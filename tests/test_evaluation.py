@@ -146,3 +146,18 @@ def test_benchmark_tool_small():
     assert lines[-1].startswith("ratios fast / lvis-api: time ")
     diff = float(lines[-2].split()[2])
     assert diff < 1e-4
+
+
+def test_paths_and_arguments(tmp_path):
+    """gt and results as file paths give the numbers of the in-memory call; a bad backend
+    or an image outside the ground truth is refused."""
+    import json
+
+    gt, results = lvis_like(num_images=6, num_classes=8, dets_per_image=40, seed=5)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    assert evaluate_lvis(str(tmp_path / "gt.json"), str(tmp_path / "res.json")) == evaluate_lvis(gt, results)
+    with pytest.raises(ValueError, match="backend"):
+        evaluate_lvis(gt, results, backend="coco")
+    with pytest.raises(ValueError, match="image_id 123456"):
+        evaluate_lvis(gt, results + [_det(123456, 1, [0, 0, 5, 5], 0.5)])

@@ -18,8 +18,10 @@ The protocol, as lvis-api implements it (each step is one numpy pass here):
 6. AP = mean over the defined entries (classes with ground truth in the range); APr/APc/APf
    over the classes of each ``frequency`` group.
 
-Sizes: N detections, G ground-truth boxes, K classes; memory O(N) plus O(N x 40) bits for
-the detections that share an (image, class) with ground truth.
+Speed: matching runs only for detections whose IoU with a ground-truth box of their
+(image, class) reaches 0.5, all groups at once (one step per rank within a group); the
+precision curves are read at the true positives alone (precision rises only there). With
+N detections, memory is O(N) plus 40 flags per detection that reaches IoU 0.5.
 """
 
 import itertools
