@@ -44,7 +44,7 @@ def top_per_class(results: Sequence[dict], k: int) -> list:
     return [results[i] for i in keep]
 
 
-def _load_json(path: str, what: str):
+def _load_json(path: str):
     with open(path) as f:
         return json.load(f)
 
@@ -95,7 +95,7 @@ def evaluate_lvis(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
     if isinstance(results, (str, os.PathLike)):
-        results = _load_json(os.fspath(results), "results")
+        results = _load_json(os.fspath(results))
     max_dets = -1 if max_dets_per_image is None else int(max_dets_per_image)
     if fixed_per_class is not None:
         results, max_dets = top_per_class(results, int(fixed_per_class)), -1
@@ -103,7 +103,7 @@ def evaluate_lvis(
         res = _lvis_api(gt_json, results, max_dets)
     else:
         if isinstance(gt_json, (str, os.PathLike)):
-            gt_json = _load_json(os.fspath(gt_json), "ground truth")
+            gt_json = _load_json(os.fspath(gt_json))
         elif not isinstance(gt_json, dict):  # an lvis.LVIS
             gt_json = gt_json.dataset
         res = evaluate_lvis_fast(gt_json, results, max_dets)
