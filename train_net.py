@@ -29,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 from efl.checkpoint import EFLCheckpointer
 from efl.compat import launch
 from efl.data import prepare_datasets
+from efl.data.custom import setup_custom_dataset
 from efl.engine import Trainer, dataset_names, load_config, plan_run, quiet_input_error_tracebacks
 from efl.errors import InputError
 
@@ -38,10 +39,11 @@ _CONFIGS = {}  # (config file, overrides) -> config loaded in this process
 
 def setup_config(args):
     """The config with its command-line overrides, checked (ConfigError); loaded once per
-    process (a config file may register datasets)."""
+    process (a config file may register datasets; a ``dataset`` node, configs/Custom/, is
+    registered here)."""
     key = (args.config_file, tuple(args.opts))
     if key not in _CONFIGS:
-        _CONFIGS[key] = load_config(args.config_file, args.opts)
+        _CONFIGS[key] = setup_custom_dataset(load_config(args.config_file, args.opts))
     return _CONFIGS[key]
 
 

@@ -8,7 +8,7 @@ import os
 
 from detectron2.config import LazyConfig
 
-from conftest import ROOT, tiny_lazy_config
+from helpers import ROOT, tiny_lazy_config
 
 ARCHS = ("retinanet", "efl_retinanet", "efl_fcos", "atss")
 TRAIN_ITERS = 150  # top scores 0.1-1 on the validation images (prior: 0.01); 80 left some runs < 0.05

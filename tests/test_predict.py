@@ -14,7 +14,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 
-from conftest import ROOT
+from helpers import ROOT
 from deploy_models import trained
 from efl.predict import expand_inputs
 

@@ -15,7 +15,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from efl.data.lvis import build_train_loader
-from efl.evaluation import LVISEvaluator
+from efl.evaluation import FastLVISEvaluator
 
 from ..common.models.retinanet import model
 from ..common.optim import SGD as optimizer
@@ -69,7 +69,7 @@ dataloader.test = L(build_detection_test_loader)(
     mapper=L(DatasetMapper)(is_train=False, augmentations=[], image_format="BGR"),
     num_workers=1,
 )
-dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)
+dataloader.evaluator = L(FastLVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)
 
 # ----- schedule -------------------------------------------------------------------------
 optimizer.lr = 0.02

@@ -1,12 +1,13 @@
 """LVIS v1 data: Detectron2's built-in lvis_v1_train / lvis_v1_val (under
-$DETECTRON2_DATASETS), repeat-factor sampling t=0.001, LVISEvaluator with 300 detections."""
+$DETECTRON2_DATASETS), repeat-factor sampling t=0.001, LVIS evaluation with 300 detections
+per image (FastLVISEvaluator: lvis-api's numbers; backend="lvis" runs lvis-api itself)."""
 
 from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import DatasetMapper, build_detection_test_loader, get_detection_dataset_dicts
-from efl.evaluation import LVISEvaluator
+from efl.evaluation import FastLVISEvaluator
 
 from efl.data.lvis import build_train_loader
 
@@ -43,7 +44,7 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(LVISEvaluator)(
+dataloader.evaluator = L(FastLVISEvaluator)(
     dataset_name="${..test.dataset.names}",
     max_dets_per_image=300,
 )
