@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 
 def parse_args(argv=None):
@@ -53,13 +54,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[export] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    # Weights that do not fit are one error paragraph (efl.export.load_weights), not
-    # the checkpointer's per-tensor log; no model printout either.
-    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import warnings
+    from efl.export import quiet_inference_logs
 
-    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)  # torch.jit
+    quiet_inference_logs()
     from efl.engine import load_config
     from efl.errors import InputError
     from efl.export import (ExportError, build_inference_model, check_exportable, check_format,

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -46,13 +47,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[predict] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    # Weights that do not fit are one error paragraph (efl.export.load_weights), not
-    # the checkpointer's per-tensor log; no model printout either.
-    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import warnings
+    from efl.export import quiet_inference_logs
 
-    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)  # torch.jit
+    quiet_inference_logs()
     warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)  # Detectron2
     from tqdm import tqdm
 

@@ -5,6 +5,7 @@ except the loss modules' state, which inference does not use."""
 import copy
 import logging
 import os
+import warnings
 
 from torch import nn
 
@@ -12,9 +13,18 @@ from ..checkpoint import EFLCheckpointer
 from ..errors import CheckpointError
 from ..losses import EqualizedFocalLoss
 
-__all__ = ["build_inference_model", "load_weights"]
+__all__ = ["build_inference_model", "load_weights", "quiet_inference_logs"]
 
 logger = logging.getLogger(__name__)
+
+
+def quiet_inference_logs() -> None:
+    """For the command-line tools: weights that do not fit are one error paragraph
+    (:func:`load_weights`), not the checkpointer's per-tensor log; no model printout and no
+    torch.jit deprecation notes."""
+    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
 
 
 class _Recording(EFLCheckpointer):
