@@ -70,6 +70,15 @@ def test_on_v06_the_workarounds_mirror_main():
     assert compat.matched_box_tensors(boxes)[0].shape == (2, 4)
 
 
+@fallback_only
+def test_on_v06_export_says_it_needs_official_detectron2():
+    from efl.export import ExportError
+    from efl.export.adapter import tracing_adapter
+
+    with pytest.raises(ExportError, match="Export needs official Detectron2 main"):
+        tracing_adapter(torch.nn.Linear(2, 2), torch.zeros(3, 8, 8))
+
+
 def test_group_norm_heads_get_32_groups():
     """Both Detectron2s build the ATSS head's GroupNorm with 32 groups."""
     from detectron2.layers import ShapeSpec

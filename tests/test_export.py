@@ -11,9 +11,13 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 
 from deploy_models import ARCHS, one_thread, tiny_deploy_config, trained
+from efl import compat
 from efl.export import (FORMATS, ExportError, check_exportable, compare_detections, eager,
                         export_detector, load_exported)
 
+
+pytestmark = pytest.mark.skipif(compat.TracingAdapter is None, reason="Detectron2 v0.6 "
+                                "fallback: its detectron2.export needs caffe2 (see efl.compat)")
 
 def validation_images(prefix):
     """The tiny validation images (12, 96x96, BGR 0-255) and two of other sizes: the

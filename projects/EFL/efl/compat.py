@@ -17,6 +17,9 @@ Each item names the v0.6 defect and the upstream commit whose fix it mirrors:
 4. ``SimpleTrainer`` creates its data iterator in ``__init__`` (main: lazily, with
    ``reset_data_loader``, 64f8b121, 2022-06), so a resumed run must restart it after
    setting the loader's start iteration -> :func:`restart_data_iterator`.
+5. ``detectron2.export`` imports caffe2, which torch no longer ships, so the package does
+   not import (main: caffe2 optional, d29378aa, 2021-11) -> :data:`TracingAdapter` is None
+   and export (``efl.export``) is unavailable on v0.6.
 
 Not code: v0.6 uses ``Image.LINEAR`` (removed in Pillow 10; main: ff53992b, 2023-07), so the
 set-up pins ``Pillow<10`` on the fallback path only. Workarounds for other libraries live
@@ -49,6 +52,7 @@ __all__ = [
     "matched_box_tensors",
     "launch",
     "restart_data_iterator",
+    "TracingAdapter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,12 @@ if LEGACY_D2:
 
 else:
     FCOS = _D2FCOS  # Detectron2's own: the stock focal-loss baseline
+
+
+if LEGACY_D2:
+    TracingAdapter = None  # (5)
+else:
+    from detectron2.export import TracingAdapter
 
 
 def matched_box_tensors(gt_boxes):

@@ -20,11 +20,10 @@ from typing import Iterator, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from detectron2.export import TracingAdapter
 from detectron2.modeling import RetinaNet
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
-from ..compat import FCOS
+from ..compat import FCOS, TracingAdapter
 from ..errors import InputError
 from ..losses import EqualizedFocalLoss
 
@@ -94,6 +93,13 @@ def detections(model: nn.Module, image: Tensor) -> Detections:
 
 def tracing_adapter(model: nn.Module, sample_image: Tensor) -> nn.Module:
     """``TracingAdapter`` computing :func:`detections`: ``forward(image) -> Detections``."""
+    if TracingAdapter is None:
+        raise ExportError(
+            "Export needs official Detectron2 main: the installed Detectron2 v0.6 fallback's "
+            "detectron2.export imports caffe2, which current torch does not ship. Re-run the "
+            "set-up with the official build (EFL_D2_SOURCE=<Detectron2 checkout or archive>, "
+            "or Git; README, Set-up)."
+        )
     # eval() on the adapter too: torch.onnx.export restores the adapter's mode recursively.
     return TracingAdapter(model, sample_image, inference_func=detections).eval()
 
