@@ -1,11 +1,6 @@
-"""RetinaNet R-50-FPN with Equalized Focal Loss on your own data: the
-LVIS recipe configs/LVISv1/retinanet_R_50_FPN_2x_efl.py (ImageNet-initialised R-50, 2x
-schedule, RFS t=0.001, 300 detections per image) with the dataset from the command line:
-
-    python train_net.py --config-file configs/Custom/retinanet_efl.py \
-        dataset.train_json=OUT/train.json dataset.val_json=OUT/val.json dataset.image_root=IMAGES
-
-OUT/*.json are written by tools/prepare_long_tail.py; model.num_classes follows from them."""
+"""configs/Custom/retinanet_focal.py with Equalized Focal Loss: the LVIS recipe
+configs/LVISv1/retinanet_R_50_FPN_2x_efl.py on your own data, with the same command-line keys
+(dataset.train_json, dataset.val_json, dataset.image_root)."""
 
 from ..common.data.custom import dataset, use_custom_dataset
 from ..LVISv1.retinanet_R_50_FPN_2x_efl import dataloader, lr_multiplier, model, optimizer, train
