@@ -91,10 +91,11 @@ build_fallback() {
 [setup] (its Git host is not reachable and no local source was given).
 [setup] Its sdist lacks Detectron2's native ops (detectron2/layers/csrc): deformable
 [setup] convolution, rotated boxes, ROIAlignRotated and the C++ COCO evaluator are
-[setup] missing (nothing in this project calls them), and efl/compat.py's v0.6
-[setup] workarounds are active. Pillow is pinned < 10 on this path (v0.6 uses
-[setup] Image.LINEAR). For the official build: EFL_D2_SOURCE=<Detectron2 checkout or
-[setup] archive>, or EFL_D2_GIT_URL=<mirror URL>; see README "Set-up".
+[setup] missing (training and evaluation do not use them), model export
+[setup] (tools/export_model.py) is unavailable (v0.6's detectron2.export needs caffe2),
+[setup] and efl/compat.py's v0.6 workarounds are active. Pillow is pinned < 10 on this
+[setup] path (v0.6 uses Image.LINEAR). For the official build: EFL_D2_SOURCE=<Detectron2
+[setup] checkout or archive>, or EFL_D2_GIT_URL=<mirror URL>; see README "Set-up".
 [setup] ======================================================================
 MSG
   "${PIP[@]}" uninstall -q -y detectron2 pb1-detectron2 >/dev/null 2>&1 || true
