@@ -95,7 +95,7 @@ build_fallback() {
 [setup] (tools/export_model.py) is unavailable (v0.6's detectron2.export needs caffe2),
 [setup] and efl/compat.py's v0.6 workarounds are active. Pillow is pinned < 10 on this
 [setup] path (v0.6 uses Image.LINEAR). For the official build: EFL_D2_SOURCE=<Detectron2
-[setup] checkout or archive>, or EFL_D2_GIT_URL=<mirror URL>; see README "Set-up".
+[setup] checkout or archive>, or EFL_D2_GIT_URL=<mirror URL>; see docs/setup.md.
 [setup] ======================================================================
 MSG
   "${PIP[@]}" uninstall -q -y detectron2 pb1-detectron2 >/dev/null 2>&1 || true

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Export a trained detector to TorchScript or ONNX, end to end: the file takes one image
-and returns its final detections (contract in the README's "Deploy" section).
+and returns its final detections (contract in docs/deploy.md).
 
     python tools/export_model.py --config-file configs/Synthetic/retinanet_efl.py \\
         --format onnx --output deploy/ \\

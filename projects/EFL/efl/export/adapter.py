@@ -1,6 +1,6 @@
 """The function that is exported: one image in, the model's final detections out.
 
-Contract (the README's "Deploy" section; outside checks rely on it):
+Contract (docs/deploy.md; outside checks rely on it):
 
 - input ``image``: float32 (3, H, W), the model's input format (BGR, 0-255, as
   ``DatasetMapper`` gives it), any H and W;
@@ -98,7 +98,7 @@ def tracing_adapter(model: nn.Module, sample_image: Tensor) -> nn.Module:
             "Export needs official Detectron2 main: the installed Detectron2 v0.6 fallback's "
             "detectron2.export imports caffe2, which current torch does not ship. Re-run the "
             "set-up with the official build (EFL_D2_SOURCE=<Detectron2 checkout or archive>, "
-            "or Git; README, Set-up)."
+            "or Git; docs/setup.md)."
         )
     # eval() on the adapter too: torch.onnx.export restores the adapter's mode recursively.
     return TracingAdapter(model, sample_image, inference_func=detections).eval()
