@@ -18,6 +18,7 @@ TWINS = [
     ("LVISv1/fcos_R_50_FPN_2x_focal.py", "LVISv1/fcos_R_50_FPN_2x_efl.py"),
     ("Synthetic/retinanet_focal.py", "Synthetic/retinanet_efl.py"),
     ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_50_FPN_24ep.py"),
+    ("LVISv1/focal_improved_R_101_FPN_24ep.py", "LVISv1/efl_improved_R_101_FPN_24ep.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_efl.py"),
 ]
 
@@ -63,7 +64,10 @@ def test_config_layout_and_model_instantiates(path):
         assert cfg.dataloader.train.repeat_thresh == 0.001
         assert cfg.dataloader.train.dataset.names == "lvis_v1_train"
         assert cfg.dataloader.evaluator.max_dets_per_image == 300
-        assert cfg.train.init_checkpoint.startswith("detectron2://ImageNetPretrained/MSRA/R-")
+        assert cfg.train.init_checkpoint.startswith(
+            "https://download.pytorch.org/models/resnet" if "improved" in path
+            else "detectron2://ImageNetPretrained/MSRA/R-"
+        )
         if "efl" in cfg.model:
             assert model.efl.group_names == ("r", "c", "f")
 
@@ -86,24 +90,37 @@ def test_focal_and_efl_twins_differ_only_in_the_loss(focal, efl):
 
 # The authors' recipe ("The authors' detector and recipe"), row by row.
 IMPROVED = ["LVISv1/efl_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_101_FPN_24ep.py",
-            "LVISv1/focal_improved_R_50_FPN_24ep.py"]
+            "LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/focal_improved_R_101_FPN_24ep.py"]
 
 
 @pytest.mark.parametrize("path", IMPROVED, ids=os.path.basename)
 def test_improved_recipe_matches_the_authors_table(path):
-    from efl.modeling import ATSSAssigner, ATSSHead, ATSSRetinaNet, LastLevelP6P7
+    from efl.modeling import (
+        ATSSAssigner, ATSSHead, ATSSRetinaNet, FrozenStatsBatchNorm2d, LastLevelP6P7, LateralTopFPN,
+    )
 
     cfg = load(path)
     m = cfg.model
-    # backbone: ResNet-50/101, frozen BN, stem and res2 frozen
+    # input: RGB, ImageNet mean/std (x 255), padded to 64
+    assert m.input_format == "RGB" and cfg.dataloader.train.mapper.image_format == "RGB"
+    assert m.pixel_mean == [123.675, 116.28, 103.53] and m.pixel_std == [58.395, 57.12, 57.375]
+    assert m.backbone.size_divisibility == 64
+    # backbone: ResNet-50/101 pytorch style, torchvision weights, BN stats fixed (affine
+    # trained), stem and res2 frozen
     depth = 101 if "R_101" in path else 50
-    assert m.backbone.bottom_up.stages.depth == depth
-    assert m.backbone.bottom_up.stages.norm == "FrozenBN" and m.backbone.bottom_up.freeze_at == 2
-    assert cfg.train.init_checkpoint.endswith(f"R-{depth}.pkl")
-    # neck: FPN P3-P7, 256 channels, P6 from C5, no ReLU before P7
+    stages = m.backbone.bottom_up.stages
+    assert stages.depth == depth and stages.stride_in_1x1 is False
+    assert stages.norm is FrozenStatsBatchNorm2d and m.backbone.bottom_up.freeze_at == 2
+    assert m.backbone.bottom_up.stem.norm is FrozenStatsBatchNorm2d
+    assert cfg.train.init_checkpoint == {
+        50: "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+        101: "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
+    }[depth]
+    # neck: FPN P3-P7, 256 channels, P6 from the C5 lateral, no ReLU before P7
+    assert m.backbone._target_ is LateralTopFPN
     assert m.backbone.in_features == ["res3", "res4", "res5"] and m.backbone.out_channels == 256
     top = m.backbone.top_block
-    assert top._target_ is LastLevelP6P7 and top.in_feature == "res5" and top.in_channels == 2048
+    assert top._target_ is LastLevelP6P7 and top.in_channels == 256
     assert top.relu_before_p7 is False
     assert m.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
     # head: 4 x (conv, GN 32, ReLU), IoU branch, prior 0.001
@@ -135,6 +152,7 @@ def test_improved_recipe_matches_the_authors_table(path):
     # optimisation: SGD 0.9 / 1e-4, LR 0.02 at batch 16, clip L2 35, 24 epochs, x0.1 at 16, 22
     assert cfg.optimizer._target_.__name__ == "SGD"
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 1e-4)
+    assert cfg.optimizer.params.weight_decay_norm is None  # norms decay too
     assert cfg.optimizer.lr == 0.02 and cfg.dataloader.train.total_batch_size == 16
     assert dict(cfg.train.clip_grad) == {"enabled": True, "max_norm": 35.0, "norm_type": 2.0}
     assert cfg.train.epochs == 24 and cfg.train.max_iter is None

@@ -25,7 +25,9 @@ STRIDES = [8, 16, 32]
 model.anchor_generator.strides = STRIDES
 model.anchor_generator.sizes = [[2 * s, 8 / 3 * s] for s in STRIDES]
 model.num_classes = 120
+model.pixel_mean = retinanet.pixel_mean  # its BGR input, as retinanet_focal.py
 model.pixel_std = retinanet.pixel_std
+model.input_format = retinanet.input_format
 
 train.epochs = 8  # 2000 images / batch 8 = 250 iterations per epoch
 train.max_iter = None

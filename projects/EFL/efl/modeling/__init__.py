@@ -2,7 +2,9 @@
 
 from .atss import ATSSAssigner, ATSSHead, ATSSRetinaNet
 from .fcos import EFLFCOS
-from .fpn import LastLevelP6P7
+from .fpn import LastLevelP6P7, LateralTopFPN
+from .norm import FrozenStatsBatchNorm2d
 from .retinanet import EFLRetinaNet
 
-__all__ = ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "ATSSHead", "ATSSAssigner", "LastLevelP6P7"]
+__all__ = ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "ATSSHead", "ATSSAssigner", "LastLevelP6P7",
+           "LateralTopFPN", "FrozenStatsBatchNorm2d"]

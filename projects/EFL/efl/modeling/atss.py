@@ -16,7 +16,7 @@ from fvcore.nn import sigmoid_focal_loss_jit
 from torch import nn
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.backbone import FPN, build_resnet_backbone
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
@@ -35,6 +35,7 @@ __all__ = [
     "ATSSHead",
     "ATSSRetinaNet",
     "box_iou_and_giou",
+    "clip_like_authors",
     "build_atss_resnet_fpn_backbone",
 ]
 
@@ -194,9 +195,10 @@ class ATSSRetinaNet(RetinaNet):
     - ``loss_iou``: sigmoid cross-entropy of the IoU branch to the IoU target, / N;
       the IoU target is the IoU of the decoded (detached) box with its ground truth.
 
-    Inference scores every anchor and class by sigmoid(cls) * sigmoid(iou), then applies
-    RetinaNet's ``test_score_thresh``, ``test_topk_candidates`` (per level),
-    class-wise NMS at ``test_nms_thresh`` and ``max_detections_per_image``.
+    Inference scores every anchor and class by sigmoid(cls) * sigmoid(iou), then
+    post-processes as the authors do (:meth:`inference_single_image`), with RetinaNet's
+    ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh`` and
+    ``max_detections_per_image``.
     """
 
     @configurable
@@ -320,6 +322,68 @@ class ATSSRetinaNet(RetinaNet):
             deltas = [d[i] for d in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
+
+    def inference_single_image(self, anchors: List[Boxes], box_cls: List[torch.Tensor],
+                               box_delta: List[torch.Tensor], image_size: Tuple[int, int]):
+        """The authors' post-processing (their ``base_multicls`` predictor and
+        ``retina_multicls`` merger, ``up/tasks/det/models/postprocess/roi_predictor.py``
+        187-266 and 370-410), which differs from :class:`RetinaNet`'s in order and count:
+
+        per level, every anchor's box is decoded and clipped (:func:`clip_like_authors`),
+        zero-size boxes dropped, then the top ``min(test_topk_candidates, number of
+        anchors left)`` (anchors, not anchor x class pairs) of the anchor x class scores are
+        kept, filtered by ``scores > test_score_thresh`` only if that is > 0 (theirs is 0:
+        no filter); no per-level NMS and no per-level cut after it (their
+        ``post_nms_top_n`` is not used by this predictor); then one class-wise NMS at
+        ``test_nms_thresh`` over all levels and the ``max_detections_per_image`` best.
+
+        Args:
+            anchors: per level ``Boxes`` (R_l, 4); box_cls: per level (R_l, K) scores
+                (sigmoid(cls) * sigmoid(iou)); box_delta: per level (R_l, 4).
+        Returns:
+            ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes``, by score.
+        """
+        boxes_all, scores_all, classes_all = [], [], []
+        for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
+            boxes = clip_like_authors(
+                self.box2box_transform.apply_deltas(deltas_l, anchors_l.tensor), image_size
+            )
+            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores_l = boxes[nonempty], scores_l[nonempty]
+            num_boxes = boxes.shape[0]
+            if isinstance(num_boxes, torch.Tensor):  # tracing
+                num_topk = torch.clamp(num_boxes, max=self.test_topk_candidates)
+            else:
+                num_topk = min(num_boxes, self.test_topk_candidates)
+            scores, flat_idxs = scores_l.flatten().topk(num_topk)
+            if self.test_score_thresh > 0:
+                above = scores > self.test_score_thresh
+                scores, flat_idxs = scores[above], flat_idxs[above]
+            num_classes = scores_l.shape[1]
+            boxes_all.append(boxes[flat_idxs // num_classes])
+            scores_all.append(scores)
+            classes_all.append(flat_idxs % num_classes)
+        boxes, scores, classes = cat(boxes_all), cat(scores_all), cat(classes_all)
+        keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
+        keep = keep[: self.max_detections_per_image]
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(boxes[keep])
+        result.scores = scores[keep]
+        result.pred_classes = classes[keep]
+        return result
+
+
+def clip_like_authors(boxes: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+    """(R, 4) XYXY boxes clipped as the authors clip them (``clip_bbox`` in their
+    inclusive-pixel convention, x2 = right edge - 1): x1 to [0, W - 1], x2 to [1, W], y
+    likewise. Differs from ``Boxes.clip`` only for boxes lying entirely outside the image,
+    which keep a 1-pixel extent at its border instead of none."""
+    height, width = image_size
+    x1 = boxes[:, 0].clamp(min=0, max=width - 1)
+    y1 = boxes[:, 1].clamp(min=0, max=height - 1)
+    x2 = boxes[:, 2].clamp(min=1, max=width)
+    y2 = boxes[:, 3].clamp(min=1, max=height)
+    return torch.stack((x1, y1, x2, y2), dim=-1)
 
 
 @BACKBONE_REGISTRY.register()
