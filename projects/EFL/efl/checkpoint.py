@@ -4,6 +4,8 @@
   folder, fsync, rename), so a process killed while saving never leaves a truncated file,
   let alone one that ``last_checkpoint`` points to; temporaries of killed saves are removed
   when a run starts;
+- initialises from a torchvision ResNet file too (mapped onto the Detectron2 backbone),
+  and refuses a checkpoint of the EFL authors' code with how to convert it;
 - says in the log what a checkpoint did not initialise when it initialises a model
   (``train.init_checkpoint``): EFL state absent (a stock RetinaNet checkpoint) or for another
   class count, classifier of another class count, other missing tensors;
@@ -19,6 +21,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .convert import adapt_checkpoint
 from .errors import CheckpointError
 from .losses import EqualizedFocalLoss
 
@@ -135,6 +138,15 @@ class EFLCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
+        """As Detectron2's; a torchvision ResNet file is mapped onto the backbone, a file of
+        the authors' United-Perception code refused with how to convert it
+        (:func:`efl.convert.adapt_checkpoint`)."""
+        checkpoint = self._read_file(filename)
+        if self._resuming:
+            return checkpoint
+        return adapt_checkpoint(checkpoint, self.model, self._loading or filename)
+
+    def _read_file(self, filename):
         try:
             return super()._load_file(filename)
         except Exception as e:  # truncated, not a checkpoint, pickled objects, ...

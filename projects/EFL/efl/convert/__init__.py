@@ -1,0 +1,13 @@
+"""Other people's checkpoints onto this project's models: torchvision ResNet weights onto
+Detectron2's ResNet (on load, through :func:`adapt_checkpoint`), and the EFL authors'
+United-Perception detector onto :class:`ATSSRetinaNet` (tools/convert_up_checkpoint.py)."""
+
+from .loading import adapt_checkpoint
+from .resnet import looks_like_torchvision_resnet, rename_resnet, torchvision_to_detectron2
+from .up_detector import class_major_to_anchor_major, convert_up, looks_like_up, up_state_dict
+
+__all__ = [
+    "adapt_checkpoint", "looks_like_torchvision_resnet", "rename_resnet",
+    "torchvision_to_detectron2", "class_major_to_anchor_major", "convert_up", "looks_like_up",
+    "up_state_dict",
+]
