@@ -21,25 +21,40 @@ def up(tmp_path_factory):
     return ref.import_up(ref.unpack(str(tmp_path_factory.mktemp("united_perception"))))
 
 
-def convert(tmp_path, det, depth):
+def config_path(depth):
+    return os.path.join(ROOT, f"configs/LVISv1/efl_improved_R_{depth}_FPN_24ep.py")
+
+
+OVERRIDES = [f"model.num_classes={NUM_CLASSES}", "train.device=cpu"]
+
+
+def convert(folder, det, depth):
     """Their checkpoint on disk -> tools/convert_up_checkpoint.py -> our model, loaded
-    strictly as tools/predict.py and --eval-only load it."""
+    strictly as tools/predict.py and --eval-only load it. Returns (model, converted file)."""
     from detectron2.config import instantiate
 
     from efl.engine import load_config
     from efl.export import load_weights
 
-    source, target = str(tmp_path / "up.pth"), str(tmp_path / "ours.pth")
+    source, target = os.path.join(folder, "up.pth"), os.path.join(folder, "ours.pth")
     ref.save_checkpoint(det, source)
-    config = os.path.join(ROOT, f"configs/LVISv1/efl_improved_R_{depth}_FPN_24ep.py")
-    overrides = [f"model.num_classes={NUM_CLASSES}", "train.device=cpu"]
-    assert ref.convert_tool().main(["--input", source, "--output", target, "--config-file", config,
-                         *overrides]) == 0
-    cfg = load_config(config, overrides)
+    assert ref.convert_tool().main(["--input", source, "--output", target, "--config-file",
+                                    config_path(depth), *OVERRIDES]) == 0
+    cfg = load_config(config_path(depth), OVERRIDES)
     cfg.model.efl.class_groups = None
     model = instantiate(cfg.model)
     load_weights(model, target)
-    return model.eval()
+    return model.eval(), target
+
+
+@pytest.fixture(scope="module")
+def r50(up, tmp_path_factory):
+    """Their R-50 detector with random weights, and ours converted from its checkpoint."""
+    torch.manual_seed(0)
+    det = ref.build_detector(up, 50, NUM_CLASSES)
+    ref.perturb(det, seed=50)
+    model, converted = convert(str(tmp_path_factory.mktemp("r50")), det, 50)
+    return det, model, converted
 
 
 def image(seed, size):
@@ -87,18 +102,79 @@ TOLERANCES = {"cls logits": 1e-4, "box deltas": 1e-4, "IoU logits": 1e-4, "ancho
               "det boxes (px)": 1e-3, "det scores": 1e-5}
 
 
-@pytest.mark.parametrize("depth, seeds", [(50, [0, 1]), (101, [2])])
-def test_converted_detector_matches_the_authors_code(up, tmp_path, depth, seeds):
-    torch.manual_seed(0)
-    det = ref.build_detector(up, depth, NUM_CLASSES)
-    ref.perturb(det, seed=depth)
-    model = convert(tmp_path, det, depth)
+def check_parity(up, det, model, seeds):
     for name in ("pos_grad", "neg_grad", "pos_neg"):  # their EFL state -> our EFL buffers
         assert torch.equal(getattr(model.efl, name), getattr(det.post_process.cls_loss, name))
     for seed in seeds:
         for size in SIZES:
             diffs = compare(up, det, model, image(seed, size))
-            print(f"R-{depth} image {seed} {size}: "
-                  + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+            print(f"image {seed} {size}: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
             for key, tol in TOLERANCES.items():
                 assert diffs[key] <= tol, (key, diffs)
+
+
+def test_converted_r50_matches_the_authors_code(up, r50):
+    det, model, _ = r50
+    check_parity(up, det, model, seeds=[0, 1])
+
+
+def test_converted_r101_matches_the_authors_code(up, tmp_path):
+    torch.manual_seed(0)
+    det = ref.build_detector(up, 101, NUM_CLASSES)
+    ref.perturb(det, seed=101)
+    model, _ = convert(str(tmp_path), det, 101)
+    check_parity(up, det, model, seeds=[2])
+
+
+@pytest.mark.parametrize("case", ["not a checkpoint", "ours, not theirs", "class count", "depth"])
+def test_convert_refuses_what_does_not_fit_in_one_paragraph(r50, tmp_path, capsys, case):
+    _, _, converted = r50
+    source = os.path.join(os.path.dirname(converted), "up.pth")
+    config, overrides, expected = config_path(50), OVERRIDES, []
+    if case == "not a checkpoint":
+        source = str(tmp_path / "notes.pth")
+        with open(source, "w") as f:
+            f.write("not a checkpoint\n")
+        expected = ["cannot be read as a torch checkpoint"]
+    elif case == "ours, not theirs":
+        source, expected = converted, ["not a checkpoint of the EFL authors' detector"]
+    elif case == "class count":
+        overrides = ["model.num_classes=5"]
+        expected = [f"it has {NUM_CLASSES} classes", "the config 5 (model.num_classes)"]
+    else:
+        config, expected = config_path(101), ["ResNet-50", "ResNet-101"]
+    output = str(tmp_path / "out.pth")
+    status = ref.convert_tool().main(["--input", source, "--output", output,
+                                      "--config-file", config, *overrides])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and not os.path.exists(output)
+    assert err.startswith("ERROR: ") and "\n" not in err and "Traceback" not in err
+    assert all(text in err for text in expected), err
+
+
+def test_predict_runs_the_improved_config_with_the_converted_file(up, tmp_path):
+    """tools/predict.py on the CPU with configs/LVISv1/efl_improved_R_50_FPN_24ep.py as it
+    is (1203 classes) and a converted checkpoint of their detector."""
+    import importlib.util
+    import json
+
+    from PIL import Image
+
+    det = ref.build_detector(up, 50, 1203)
+    ref.perturb(det, seed=7)
+    source, converted = str(tmp_path / "up.pth"), str(tmp_path / "ours.pth")
+    ref.save_checkpoint(det, source)
+    del det
+    assert ref.convert_tool().main(["--input", source, "--output", converted]) == 0
+    image_path = str(tmp_path / "photo.png")
+    Image.fromarray(image(3, (120, 160)).permute(1, 2, 0).numpy()).save(image_path)
+    spec = importlib.util.spec_from_file_location("predict", os.path.join(ROOT, "tools", "predict.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "out"
+    status = tool.main(["--config-file", config_path(50), "--input", image_path, "--output",
+                        str(out), "--score-thresh", "0", f"train.init_checkpoint={converted}",
+                        "train.device=cpu"])
+    assert status == 0
+    results = json.loads((out / "predictions.json").read_text())
+    assert len(results) == 300 and (out / "photo.png").exists()

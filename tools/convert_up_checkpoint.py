@@ -58,13 +58,13 @@ def read(path: str, allow_pickle: bool):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detectron2.config import instantiate
+    from detectron2.config import LazyConfig, instantiate
 
     from efl.checkpoint import atomic_write
     from efl.convert import convert_up, up_state_dict
     from efl.convert.resnet import source_layout
-    from efl.engine import load_config
-    from efl.errors import InputError
+    from efl.engine.config_checks import apply_overrides
+    from efl.errors import ConfigError, InputError
 
     import torch
 
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
             layout = source_layout([k[len("backbone."):] for k in state if k.startswith("backbone.")])
             depth = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101}.get(layout[0], 50)
             config = os.path.join(ROOT, DEFAULT_CONFIGS[depth])
-        cfg = load_config(config, args.opts)
+        if not os.path.isfile(config):
+            raise ConfigError(f"--config-file {config} not found.")
+        cfg = LazyConfig.load(config)  # the model only, built on the CPU: no device check
+        apply_overrides(cfg, args.opts)
         if "efl" in cfg.model and cfg.model.efl is not None:
             cfg.model.efl.class_groups = None  # statistics only; needs no dataset
         model = instantiate(cfg.model)
