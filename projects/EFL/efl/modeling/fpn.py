@@ -2,6 +2,7 @@
 from the coarsest lateral, batches padded to a multiple of 64."""
 
 import torch.nn.functional as F
+from torch import nn
 
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelP6P7 as _D2LastLevelP6P7
@@ -35,11 +36,19 @@ class LateralTopFPN(FPN):
 
     ``size_divisibility``: batches are padded to a multiple of it (the authors: 64;
     Detectron2's FPN: the coarsest input stride, 32). ``top_block.in_feature`` is unused.
+    Every conv starts as theirs (``initializer: xavier``): xavier-normal weights, zero bias
+    (Detectron2's ``c2_xavier_fill`` is a uniform of another scale).
     """
 
     def __init__(self, *args, size_divisibility: int = 64, **kwargs):
         super().__init__(*args, **kwargs)
         self._size_divisibility = size_divisibility
+        bottom_up = {id(m) for m in self.bottom_up.modules()}
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and id(m) not in bottom_up:
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x):
         """As :meth:`FPN.forward`; P6/P7 from the coarsest lateral.
