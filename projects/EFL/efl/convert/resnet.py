@@ -2,7 +2,7 @@
 conversion. The EFL authors' backbone uses torchvision's names too (but for its stem)."""
 
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from ..errors import CheckpointError
 
 __all__ = [
     "TORCHVISION_STEM", "BLOCK_PARTS", "DROPPED", "rename_resnet", "looks_like_torchvision_resnet",
-    "describe", "torchvision_to_detectron2",
+    "describe", "find_resnet", "model_layout", "source_layout", "torchvision_to_detectron2",
 ]
 
 # torchvision module name -> Detectron2 ResNet module name (tensor names follow unchanged:

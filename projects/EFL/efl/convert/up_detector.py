@@ -62,10 +62,11 @@ def class_major_to_anchor_major(t: torch.Tensor, num_anchors: int) -> torch.Tens
     return t.reshape(k, num_anchors, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
 
 
-def _rename(names) -> Tuple[Dict[str, str], List[str]]:
+def _rename(names) -> Tuple[Dict[str, str], List[str], List[str]]:
+    """Their backbone names -> (mapping to our names relative to the ResNet, dropped, unknown)."""
     backbone = [n[len("backbone."):] for n in names if n.startswith("backbone.")]
     mapping, dropped, unknown = rename_resnet(backbone, stem=UP_STEM)
-    mapping = {f"backbone.{k}": v for k, v in mapping.items()}  # prefixed by the caller
+    mapping = {f"backbone.{k}": v for k, v in mapping.items()}
     dropped = [f"backbone.{k}" for k in dropped]
     unknown = [f"backbone.{k}" for k in unknown]
     return mapping, dropped, unknown
