@@ -72,7 +72,8 @@ def build_detector(arch: str, loss: str, num_classes: int, device="cpu", tiny: b
     if tiny:
         model.backbone.bottom_up.stages.depth = 18
         model.backbone.bottom_up.stages.pop("stride_in_1x1")  # BasicBlock has none
-        model.backbone.top_block.in_channels = 512
+        if model.backbone.top_block.in_channels == 2048:  # on res5 (the improved one: lateral)
+            model.backbone.top_block.in_channels = 512
         model.backbone.out_channels = 32
         model.head.input_shape = [{"channels": 32}] * 5
         model.head.conv_dims = [32]
