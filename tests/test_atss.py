@@ -182,6 +182,30 @@ def test_training_step_with_an_empty_image_and_inference_step():
     torch.testing.assert_close(out.scores, torch.full_like(out.scores, 0.5 / (1 + math.exp(2))))
 
 
+def test_authors_statistics_switch_accumulates_other_statistics():
+    """efl_statistics="authors" (reproduction of their A = 2 statistics, off by default)
+    still moves the EFL state in a training step, to other values than the paper's."""
+    image = torch.rand(3, 96, 128) * 255
+    batch = [{"image": image, "instances": _instances(
+        (96, 128), [[10, 12, 40, 50], [60, 20, 110, 80]], [1, 3])}]
+    state = {}
+    for mode in ("paper", "authors"):
+        torch.manual_seed(0)
+        cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/improved_efl.py"))
+        cfg.model.num_classes = K
+        cfg.model.efl.class_groups = None
+        cfg.model.efl_statistics = mode
+        model = instantiate(cfg.model).train()
+        with EventStorage():
+            sum(model(batch).values()).backward()
+        state[mode] = model.efl.pos_grad.clone()
+    assert state["authors"].sum() > 0 and state["paper"].sum() > 0
+    assert not torch.allclose(state["authors"], state["paper"])
+    with pytest.raises(ValueError, match="efl_statistics"):
+        cfg.model.efl_statistics = "mine"
+        instantiate(cfg.model)
+
+
 def test_the_model_keeps_retinanet_attribute_names():
     model = small_model()
     assert isinstance(model, ATSSRetinaNet) and model.efl is None

@@ -178,3 +178,36 @@ def test_predict_runs_the_improved_config_with_the_converted_file(up, tmp_path):
     assert status == 0
     results = json.loads((out / "predictions.json").read_text())
     assert len(results) == 300 and (out / "photo.png").exists()
+
+
+@pytest.mark.parametrize("num_anchors", [1, 2])
+def test_authors_statistics_switch_reproduces_their_collector(up, num_anchors):
+    """ATSSRetinaNet(efl_statistics="authors") accumulates what their gradient collector
+    accumulates from the same gradients; at A = 1 that is the paper's statistics, at A = 2
+    it is not (their class-major head read as anchor-major)."""
+    from efl.losses import EqualizedFocalLoss
+    from efl.modeling.authors_statistics import AuthorsStatisticsTap
+
+    k, a, batch, shapes = 5, num_anchors, 2, [(6, 8), (3, 4), (2, 2)]
+    g = torch.Generator().manual_seed(num_anchors)
+    # Their raw layout per level: (B, K * A, H, W), channel c * A + a.
+    raw = [torch.randn(batch, k * a, h, w, generator=g) for h, w in shapes]
+    rows = sum(h * w * a for h, w in shapes)
+    labels = torch.randint(0, k + 1, (batch, rows), generator=g)  # 0: background (theirs)
+    labels[labels > 0] = torch.randint(1, k + 1, (int((labels > 0).sum()),), generator=g)
+    theirs = up.efl.EqualizedFocalLoss(num_classes=k + 1, fpn_levels=len(shapes))
+    theirs.forward(torch.zeros(batch, rows, k), labels, reduction="sum")  # caches the targets
+    for grad in reversed(raw):  # backward hooks fire from the last level
+        theirs.collect_grad(grad)
+
+    # The same gradients in Detectron2's layout: rows (image, level, y, x, a), K columns.
+    ours_grad = torch.cat([r.view(batch, k, a, *r.shape[2:]).permute(0, 3, 4, 2, 1)
+                           .reshape(batch, -1, k) for r in raw], dim=1).reshape(-1, k)
+    targets = torch.nn.functional.one_hot(labels.reshape(-1), k + 1)[:, 1:].float()
+    efl = EqualizedFocalLoss(k)
+    z = torch.zeros(rows * batch, k, requires_grad=True)
+    (AuthorsStatisticsTap.apply(z, targets, efl, a) * ours_grad).sum().backward()
+    for ours, their in zip((efl.pos_grad, efl.neg_grad), (theirs.pos_grad, theirs.neg_grad)):
+        assert torch.allclose(ours, their, rtol=1e-5, atol=1e-5)
+    paper = (ours_grad.abs() * targets).sum(0)  # the paper's pos_grad
+    assert torch.allclose(paper, efl.pos_grad, rtol=1e-5) == (num_anchors == 1)

@@ -68,6 +68,7 @@ model = L(ATSSRetinaNet)(
     anchor_matcher=L(ATSSAssigner)(topk=18),
     num_classes=1203,
     head_in_features=["p3", "p4", "p5", "p6", "p7"],
+    efl_statistics="paper",  # "authors": their A = 2 statistics (docs/authors-detector.md)
     focal_loss_alpha=0.25,
     focal_loss_gamma=2.0,
     test_score_thresh=0.0,

@@ -27,6 +27,7 @@ from detectron2.utils.events import get_event_storage
 from ..compat import head_norm
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
+from .authors_statistics import AuthorsStatisticsTap
 from .fpn import LastLevelP6P7
 from .retinanet import check_efl_matches, foreground_one_hot
 
@@ -202,11 +203,16 @@ class ATSSRetinaNet(RetinaNet):
     """
 
     @configurable
-    def __init__(self, *, efl: Optional[EqualizedFocalLoss] = None, **kwargs):
+    def __init__(self, *, efl: Optional[EqualizedFocalLoss] = None,
+                 efl_statistics: str = "paper", **kwargs):
         """
         Args:
             efl: the classification loss module (its ``num_classes`` must equal the
                 model's); None: focal loss.
+            efl_statistics: "paper" (default): EFL's gradient statistics per class, as the
+                paper defines them; "authors": as the authors' code accumulates them, which
+                mixes classes when there are several anchors per location
+                (:mod:`efl.modeling.authors_statistics`; for reproduction studies only).
             kwargs: everything :class:`RetinaNet` takes; ``head`` must return the IoU
                 branch too (as :class:`ATSSHead`), ``anchor_matcher`` must be an
                 :class:`ATSSAssigner`.
@@ -220,7 +226,12 @@ class ATSSRetinaNet(RetinaNet):
             )
         if efl is not None:
             check_efl_matches(efl, self.num_classes)
+        if efl_statistics not in ("paper", "authors"):
+            raise ValueError(f"efl_statistics must be 'paper' or 'authors'; got {efl_statistics!r}")
         self.efl = efl
+        self.efl_statistics = efl_statistics
+        if efl is not None and efl_statistics == "authors":
+            efl.update_statistics = False  # AuthorsStatisticsTap accumulates instead
 
     @classmethod
     def from_config(cls, cfg):
@@ -296,6 +307,10 @@ class ATSSRetinaNet(RetinaNet):
         logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
         targets = foreground_one_hot(gt_labels.reshape(-1), self.num_classes)
         if self.efl is not None:
+            if self.efl_statistics == "authors" and torch.is_grad_enabled() and logits.requires_grad:
+                logits = AuthorsStatisticsTap.apply(
+                    logits, targets, self.efl, self.anchor_generator.num_cell_anchors[0]
+                )
             loss_cls = self.efl(logits, targets, normalizer)
         else:
             loss_cls = sigmoid_focal_loss_jit(
