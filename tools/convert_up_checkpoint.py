@@ -38,30 +38,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def read(path: str, allow_pickle: bool):
-    import torch
-
-    from efl.errors import CheckpointError
-
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--input {path}: file not found. Give the path of the authors' "
-                              "checkpoint (e.g. efl_improved_baseline_r50.pth).")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        hint = ("" if allow_pickle else " If the file is a complete checkpoint that also holds "
-                "Python objects (optimizer, scheduler) and you trust it, add --allow-pickle.")
-        raise CheckpointError(f"--input {path} cannot be read as a torch checkpoint: "
-                              f"{type(e).__name__}: {first}.{hint}") from None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detectron2.config import LazyConfig, instantiate
 
     from efl.checkpoint import atomic_write
-    from efl.convert import convert_up, up_state_dict
+    from efl.convert import convert_up, read_checkpoint_file, up_state_dict
     from efl.convert.resnet import source_layout
     from efl.engine.config_checks import apply_overrides
     from efl.errors import ConfigError, InputError
@@ -69,7 +51,7 @@ def main(argv=None) -> int:
     import torch
 
     try:
-        state = up_state_dict(read(args.input, args.allow_pickle), args.input)
+        state = up_state_dict(read_checkpoint_file(args.input, args.allow_pickle), args.input)
         config = args.config_file
         if config is None:
             layout = source_layout([k[len("backbone."):] for k in state if k.startswith("backbone.")])

@@ -33,15 +33,23 @@ def add_efl_config(cfg) -> None:
 
 
 def add_atss_config(cfg) -> None:
-    """Add ``MODEL.ATSS`` for ``ATSSRetinaNet`` (and ``MODEL.EFL``). The RetinaNet options
-    (``MODEL.RETINANET.*``: classes, prior, NMS, top-k, ...) keep their meaning."""
+    """Add ``MODEL.ATSS`` for ``ATSSRetinaNet`` and ``build_atss_resnet_fpn_backbone`` (and
+    ``MODEL.EFL``). The RetinaNet options (``MODEL.RETINANET.*``: classes, prior, NMS,
+    top-k, ...) keep their meaning; ``MODEL.RESNETS.NORM`` also takes ``"FrozenStatsBN"``
+    (the authors' BN) with this backbone. The other keys the authors' detector needs (RGB,
+    mean/std, stride on the 3x3, anchors) are Detectron2's own: docs/authors-detector.md."""
     if "EFL" not in cfg.MODEL:
         add_efl_config(cfg)
     cfg.MODEL.ATSS = CN()
     cfg.MODEL.ATSS.TOPK = 18  # candidate anchors per level and box
     cfg.MODEL.ATSS.CLASSIFICATION_LOSS = "EFL"  # or "focal"
     cfg.MODEL.ATSS.HEAD_NORM = "GN"
-    cfg.MODEL.ATSS.RELU_BEFORE_P7 = False  # for build_atss_resnet_fpn_backbone
+    # "paper" or "authors" (their A = 2 gradient statistics, for reproduction studies)
+    cfg.MODEL.ATSS.EFL_STATISTICS = "paper"
+    # build_atss_resnet_fpn_backbone: P6 from the C5 "lateral" (the authors') or "res5"
+    cfg.MODEL.ATSS.P6_SOURCE = "lateral"
+    cfg.MODEL.ATSS.RELU_BEFORE_P7 = False
+    cfg.MODEL.ATSS.SIZE_DIVISIBILITY = 64  # batches padded to a multiple of it
 
 
 def efl_from_config(cfg, num_classes: int) -> EqualizedFocalLoss:

@@ -2,12 +2,15 @@
 Detectron2's ResNet (on load, through :func:`adapt_checkpoint`), and the EFL authors'
 United-Perception detector onto :class:`ATSSRetinaNet` (tools/convert_up_checkpoint.py)."""
 
-from .loading import adapt_checkpoint
-from .resnet import looks_like_torchvision_resnet, rename_resnet, torchvision_to_detectron2
+from .loading import adapt_checkpoint, read_checkpoint_file
+from .resnet import (
+    looks_like_torchvision_resnet, rename_resnet, torchvision_to_detectron2,
+    torchvision_to_detectron2_file,
+)
 from .up_detector import class_major_to_anchor_major, convert_up, looks_like_up, up_state_dict
 
 __all__ = [
-    "adapt_checkpoint", "looks_like_torchvision_resnet", "rename_resnet",
-    "torchvision_to_detectron2", "class_major_to_anchor_major", "convert_up", "looks_like_up",
+    "adapt_checkpoint", "read_checkpoint_file", "looks_like_torchvision_resnet", "rename_resnet",
+    "torchvision_to_detectron2", "torchvision_to_detectron2_file", "class_major_to_anchor_major", "convert_up", "looks_like_up",
     "up_state_dict",
 ]

@@ -1,15 +1,18 @@
 """What ``train.init_checkpoint`` may be besides a Detectron2 checkpoint: one entry point
-(:func:`adapt_checkpoint`) that :class:`efl.checkpoint.EFLCheckpointer` calls on load."""
+(:func:`adapt_checkpoint`) that :class:`efl.checkpoint.EFLCheckpointer` calls on load; and
+how the conversion tools read their ``--input``."""
 
+import os
 from typing import Dict
 
+import torch
 from torch import nn
 
 from ..errors import CheckpointError
 from .resnet import looks_like_torchvision_resnet, torchvision_to_detectron2
 from .up_detector import looks_like_up
 
-__all__ = ["adapt_checkpoint"]
+__all__ = ["adapt_checkpoint", "read_checkpoint_file"]
 
 
 def adapt_checkpoint(checkpoint: Dict, model: nn.Module, source: str) -> Dict:
@@ -32,3 +35,19 @@ def adapt_checkpoint(checkpoint: Dict, model: nn.Module, source: str) -> Dict:
             "train.init_checkpoint=converted.pth."
         )
     return checkpoint
+
+
+def read_checkpoint_file(path: str, allow_pickle: bool = False):
+    """The object in the torch file ``path`` (a conversion tool's ``--input``), tensors only
+    unless ``allow_pickle``; :class:`CheckpointError` saying what to do otherwise."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--input {path}: file not found. Give the path of the checkpoint "
+                              "to convert.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        hint = ("" if allow_pickle else " If the file is a complete checkpoint that also holds "
+                "Python objects (optimizer, scheduler) and you trust it, add --allow-pickle.")
+        raise CheckpointError(f"--input {path} cannot be read as a torch checkpoint: "
+                              f"{type(e).__name__}: {first}.{hint}") from None

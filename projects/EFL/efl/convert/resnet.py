@@ -14,6 +14,7 @@ from ..errors import CheckpointError
 __all__ = [
     "TORCHVISION_STEM", "BLOCK_PARTS", "DROPPED", "rename_resnet", "looks_like_torchvision_resnet",
     "describe", "find_resnet", "model_layout", "source_layout", "torchvision_to_detectron2",
+    "torchvision_to_detectron2_file",
 ]
 
 # torchvision module name -> Detectron2 ResNet module name (tensor names follow unchanged:
@@ -135,3 +136,30 @@ def torchvision_to_detectron2(state: Dict[str, torch.Tensor], model: nn.Module,
             "ResNet-101), or set model.backbone.bottom_up.stages.depth to the file's depth."
         )
     return {prefix + v: state[k] for k, v in mapping.items()}
+
+
+def torchvision_to_detectron2_file(state: Dict[str, torch.Tensor], source: str) -> Dict:
+    """A torchvision ResNet state dict as the content of a Detectron2 weights file for
+    Detectron2's own ``DetectionCheckpointer`` (``MODEL.WEIGHTS`` with the stock
+    ``DefaultTrainer``): Detectron2's ResNet names relative to the ResNet (``stem.conv1.*``,
+    ``res2.0.conv1.norm.*``) as numpy arrays, marked for its name-matching heuristics (which
+    find them under any prefix, e.g. ``backbone.bottom_up.``). Pickle it to a ``.pkl``.
+
+    Raises:
+        CheckpointError: ``state`` is not a torchvision ResNet (names neither mapped nor
+            deliberately dropped, or no ``conv1`` / ``layer1``).
+    """
+    mapping, _, unknown = rename_resnet(state) if isinstance(state, dict) else ({}, [], [])
+    if not isinstance(state, dict) or not looks_like_torchvision_resnet(state) or unknown:
+        what = (f"tensors that are not torchvision ResNet ones: {', '.join(unknown[:5])}"
+                if unknown else "no conv1.weight / layer1.* tensors")
+        raise CheckpointError(
+            f"{source} is not a torchvision ResNet state dict ({what}). Give torchvision's "
+            "ImageNet file, e.g. resnet50-19c8e357.pth or resnet101-5d3b4d8f.pth (a bare state "
+            "dict with conv1, bn1, layer1-4, fc)."
+        )
+    return {
+        "model": {v: state[k].detach().cpu().numpy() for k, v in mapping.items()},
+        "__author__": f"torchvision ({describe(source_layout(state))})",
+        "matching_heuristics": True,
+    }

@@ -1,10 +1,12 @@
-"""EFL meta-architectures (registered in Detectron2's META_ARCH_REGISTRY on import)."""
+"""EFL meta-architectures and the improved detector's YAML backbone (registered in
+Detectron2's META_ARCH_REGISTRY / BACKBONE_REGISTRY on import)."""
 
 from .atss import ATSSAssigner, ATSSHead, ATSSRetinaNet
+from .backbone import build_atss_resnet_fpn_backbone
 from .fcos import EFLFCOS
 from .fpn import LastLevelP6P7, LateralTopFPN
 from .norm import FrozenStatsBatchNorm2d
 from .retinanet import EFLRetinaNet
 
 __all__ = ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "ATSSHead", "ATSSAssigner", "LastLevelP6P7",
-           "LateralTopFPN", "FrozenStatsBatchNorm2d"]
+           "LateralTopFPN", "FrozenStatsBatchNorm2d", "build_atss_resnet_fpn_backbone"]

@@ -17,8 +17,7 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, RetinaNet
-from detectron2.modeling.backbone import FPN, build_resnet_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils import comm
@@ -28,7 +27,6 @@ from ..compat import head_norm
 from ..config import efl_from_config
 from ..losses import EqualizedFocalLoss
 from .authors_statistics import AuthorsStatisticsTap
-from .fpn import LastLevelP6P7
 from .retinanet import check_efl_matches, foreground_one_hot
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "ATSSRetinaNet",
     "box_iou_and_giou",
     "clip_like_authors",
-    "build_atss_resnet_fpn_backbone",
 ]
 
 
@@ -243,6 +240,7 @@ class ATSSRetinaNet(RetinaNet):
         if loss not in ("EFL", "focal"):
             raise ValueError(f"MODEL.ATSS.CLASSIFICATION_LOSS must be 'EFL' or 'focal'; got {loss!r}")
         ret["efl"] = efl_from_config(cfg, ret["num_classes"]) if loss == "EFL" else None
+        ret["efl_statistics"] = cfg.MODEL.ATSS.EFL_STATISTICS
         ret.pop("box_reg_loss_type")  # the box loss is GIoU (set in __init__)
         return ret
 
@@ -399,23 +397,4 @@ def clip_like_authors(boxes: torch.Tensor, image_size: Tuple[int, int]) -> torch
     x2 = boxes[:, 2].clamp(min=1, max=width)
     y2 = boxes[:, 3].clamp(min=1, max=height)
     return torch.stack((x1, y1, x2, y2), dim=-1)
-
-
-@BACKBONE_REGISTRY.register()
-def build_atss_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet-FPN with P6 (from C5) and P7; ReLU before P7 per ``MODEL.ATSS.RELU_BEFORE_P7``
-    (YAML users: ``MODEL.BACKBONE.NAME: build_atss_resnet_fpn_backbone``)."""
-    bottom_up = build_resnet_backbone(cfg, input_shape)
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    return FPN(
-        bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
-        out_channels=out_channels,
-        norm=cfg.MODEL.FPN.NORM,
-        top_block=LastLevelP6P7(
-            bottom_up.output_shape()["res5"].channels, out_channels, in_feature="res5",
-            relu_before_p7=cfg.MODEL.ATSS.RELU_BEFORE_P7,
-        ),
-        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-    )
 
