@@ -1,9 +1,11 @@
-"""Training: the run plan, the LazyConfig ``Trainer``, its hooks, and config checks."""
+"""Training: the run plan, the LazyConfig ``Trainer``, its hooks, config checks, and the
+``YAMLTrainer`` for Detectron2's YAML configs."""
 
 from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .setup import RunPlan, dataset_names, plan_run, prepare_run_datasets
 from .trainer import Trainer, quiet_input_error_tracebacks
+from .yaml_trainer import YAMLTrainer
 
 __all__ = [
     "RunPlan",
@@ -12,6 +14,7 @@ __all__ = [
     "prepare_run_datasets",
     "quiet_input_error_tracebacks",
     "Trainer",
+    "YAMLTrainer",
     "EFLSummaryLogger",
     "ResumeState",
     "EFLStateSyncCheck",
