@@ -3,6 +3,7 @@
 
 from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
+from .preemption import Preempted, PreemptionCheckpointer, forward_to_workers, preemption_signals
 from .setup import RunPlan, dataset_names, plan_run, prepare_run_datasets
 from .trainer import Trainer, quiet_input_error_tracebacks
 from .yaml_trainer import YAMLTrainer
@@ -19,6 +20,10 @@ __all__ = [
     "ResumeState",
     "EFLStateSyncCheck",
     "EvalHook",
+    "Preempted",
+    "PreemptionCheckpointer",
+    "forward_to_workers",
+    "preemption_signals",
     "load_config",
     "apply_overrides",
     "check_device",
