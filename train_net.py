@@ -95,7 +95,8 @@ if __name__ == "__main__":
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
     # With worker processes this one only waits: it passes SIGTERM / SLURM's USR2 on to
     # them (each checkpoints and exits with 128 + signal) rather than dying before them.
-    forwarding = forward_to_workers() if args.num_gpus > 1 else contextlib.nullcontext()
+    workers = args.num_gpus * args.num_machines > 1  # launch() spawns them (even 1 per machine)
+    forwarding = forward_to_workers() if workers else contextlib.nullcontext()
     try:
         with forwarding:
             launch(
