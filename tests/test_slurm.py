@@ -1,6 +1,7 @@
 """tools/submit_slurm.py (efl.engine.slurm): the task's command line, requeue with
---resume (after passing the early warning on to train_net.py), argument errors, and a job of 2 tasks on submitit's local executor (CPU, gloo)
-whose EFL state equals a ``train_net.py --num-gpus 2`` run's."""
+--resume (after passing the early warning on to train_net.py), argument errors, and a
+job of 2 tasks on submitit's local executor (CPU, gloo) whose EFL state equals a
+``train_net.py --num-gpus 2`` run's."""
 
 import signal
 import subprocess

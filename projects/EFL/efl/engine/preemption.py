@@ -22,6 +22,8 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from .hooks import _is_checkpoint_iteration
+
 __all__ = ["Preempted", "PreemptionCheckpointer", "SignalFlag", "exit_status",
            "forward_to_workers", "preemption_signals"]
 
@@ -126,19 +128,18 @@ class PreemptionCheckpointer(HookBase):
         if not signum:
             return
         it = self.trainer.iter
-        next_iter = it + 1
-        periodic = next_iter % self._period == 0 or next_iter >= self.trainer.max_iter
+        saved = "model_final" if it + 1 >= self.trainer.max_iter else f"model_{it:07d}"
+        periodic = _is_checkpoint_iteration(self.trainer, self._period)
         if not periodic:
             if self._before_save is not None:
                 self._before_save()
-            self.checkpointer.save(f"model_{it:07d}", iteration=it)
+            self.checkpointer.save(saved, iteration=it)
         comm.synchronize()  # every rank exits after the checkpoint is complete
-        name = signal.Signals(signum).name
         heard = (f"received during iteration {self._signal_iter}" if local
                  else "received by another rank")
         logger.warning(
-            f"{name} {heard}: stopped after iteration {it} with its checkpoint "
-            f"(model_{it:07d}.pth{', periodic' if periodic else ''}; "
+            f"{signal.Signals(signum).name} {heard}: stopped after iteration {it} with its "
+            f"checkpoint ({saved}.pth{', periodic' if periodic else ''}; "
             f"{self.flag.count} signal(s) here); exit status {exit_status(signum)}. "
             "Rerun with --resume to continue."
         )
