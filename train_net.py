@@ -7,7 +7,9 @@
     python train_net.py --config-file ... --resume          # continue from last_checkpoint
 
 ``--resume`` after a crash or kill continues exactly where the last checkpoint left off
-(same final weights as an uninterrupted run). Multi-machine: Detectron2's
+(same final weights as an uninterrupted run). SIGTERM or SLURM's early warning (USR2)
+stops training after the iteration in progress, with its checkpoint, and exit status
+128 + signal (143, 140): docs/preemption.md. Multi-machine: Detectron2's
 --num-machines M --machine-rank R --dist-url tcp://HOST:PORT. Without CUDA, --num-gpus N
 starts N CPU processes that talk over gloo.
 
@@ -15,6 +17,7 @@ Bad input (config key or value, dataset files, images, checkpoints, a diverging 
 stops with one paragraph saying what is wrong and how to fix it, and exit status 2.
 """
 
+import contextlib
 import logging
 import os
 import sys
@@ -30,7 +33,8 @@ from efl.checkpoint import EFLCheckpointer
 from efl.compat import launch
 from efl.data import prepare_datasets
 from efl.data.custom import setup_custom_dataset
-from efl.engine import Trainer, dataset_names, load_config, plan_run, quiet_input_error_tracebacks
+from efl.engine import (Trainer, dataset_names, forward_to_workers, load_config, plan_run,
+                        quiet_input_error_tracebacks)
 from efl.errors import InputError
 
 logger = logging.getLogger("efl.train_net")
@@ -89,16 +93,21 @@ if __name__ == "__main__":
         sys.exit(2)
     if args.num_gpus > 1 and not torch.cuda.is_available():  # as torchrun: share the cores
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_gpus)))
+    # With worker processes this one only waits: it passes SIGTERM / SLURM's USR2 on to
+    # them (each checkpoints and exits with 128 + signal) rather than dying before them.
+    workers = args.num_gpus * args.num_machines > 1  # launch() spawns them (even 1 per machine)
+    forwarding = forward_to_workers() if workers else contextlib.nullcontext()
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except mp.ProcessExitedException as e:  # a worker's exit 2 (already reported) is ours
+        with forwarding:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+    except mp.ProcessExitedException as e:  # a worker's exit 2 (or 128 + signal) is ours
         if e.exit_code is None or e.exit_code <= 0:
             raise
         sys.exit(e.exit_code)

@@ -52,16 +52,9 @@ class RecordingEFLRetinaNet(EFLRetinaNet):
         return super().forward(batched_inputs)
 
 
-def save_forever(out_dir: str, seconds_per_chunk: float, stock: bool = False) -> None:
-    """Save checkpoints model_<i>.pth (weights = i) in a loop, writing each in 64 KiB
-    chunks with a pause after each, until killed. ``stock``: Detectron2's checkpointer."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from efl.checkpoint import EFLCheckpointer
-
-    model = torch.nn.Linear(256, 256)  # 256 KiB: 4 chunks
-    cls = DetectionCheckpointer if stock else EFLCheckpointer
-    checkpointer = cls(model, out_dir, save_to_disk=True)
+def slow_torch_save(seconds_per_chunk: float) -> None:
+    """From now on in this process, ``torch.save`` to a file object writes in 64 KiB
+    chunks with a pause after each (a save that a kill or signal can land inside)."""
     save = torch.save
 
     def slow_save(obj, f, *args, **kwargs):
@@ -74,6 +67,19 @@ def save_forever(out_dir: str, seconds_per_chunk: float, stock: bool = False) ->
             time.sleep(seconds_per_chunk)
 
     torch.save = slow_save
+
+
+def save_forever(out_dir: str, seconds_per_chunk: float, stock: bool = False) -> None:
+    """Save checkpoints model_<i>.pth (weights = i) in a loop, writing each in 64 KiB
+    chunks with a pause after each, until killed. ``stock``: Detectron2's checkpointer."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from efl.checkpoint import EFLCheckpointer
+
+    model = torch.nn.Linear(256, 256)  # 256 KiB: 4 chunks
+    cls = DetectionCheckpointer if stock else EFLCheckpointer
+    checkpointer = cls(model, out_dir, save_to_disk=True)
+    slow_torch_save(seconds_per_chunk)
     for i in itertools.count():
         with torch.no_grad():
             model.weight.fill_(i)

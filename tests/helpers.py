@@ -39,3 +39,34 @@ def shrink_to_tiny(cfg, prefix: str, output_dir: str):
     cfg.train.log_period = 1
     cfg.train.output_dir = output_dir
     return cfg
+
+
+def tiny_yaml_config(name: str, prefix: str, output_dir: str, max_iter: int = 4):
+    """configs/yaml/<name>.yaml on CPU, shrunk to the tiny dataset ``prefix``: R-18 with
+    BN, 64 FPN channels (GroupNorm(32) needs 2 per group on a 1x1 P7), one conv per head
+    tower, 96 px images, batch 2, ``max_iter`` iterations, evaluation on ``<prefix>_val``
+    at the end only."""
+    from detectron2.config import get_cfg
+
+    from efl import add_atss_config
+
+    cfg = get_cfg()
+    add_atss_config(cfg)  # MODEL.ATSS and MODEL.EFL (add_efl_config)
+    cfg.merge_from_file(os.path.join(ROOT, f"configs/yaml/{name}.yaml"))
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
+        "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.RETINANET.NUM_CONVS", "1",
+        "MODEL.RETINANET.NUM_CLASSES", str(TINY_CLASSES),
+        "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+        "DATASETS.TRAIN", f"('{prefix}_train',)", "DATASETS.TEST", f"('{prefix}_val',)",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.BASE_LR", "0.001",
+        "SOLVER.STEPS", f"({max_iter - 1},)", "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.CLIP_GRADIENTS.ENABLED", "False",
+        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
+        "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", output_dir,
+    ])
+    return cfg

@@ -11,11 +11,12 @@ from helpers import ROOT
 CONFIG = os.path.join(ROOT, "tests", "configs", "tiny_efl.py")
 
 
-def train_net(out, *opts, dataset_root, flags=(), config=CONFIG, wait=True):
+def train_net(out, *opts, dataset_root, flags=(), config=CONFIG, wait=True, env=None):
     """``train_net.py [flags] --config-file config [opts]`` (default: the tiny config, 12
-    iterations, checkpoints every 2) -> (exit status, output) or the running Popen.
-    One thread per process: on a loaded 2-core machine two OpenMP threads stall for seconds."""
-    env = dict(os.environ, EFL_TINY_DATASET=dataset_root, OMP_NUM_THREADS="1")
+    iterations, checkpoints every 2) -> (exit status, output) or the running Popen (in a
+    new process group). ``env``: more environment variables. One thread per process: on a
+    loaded 2-core machine two OpenMP threads stall for seconds."""
+    env = dict(os.environ, EFL_TINY_DATASET=dataset_root, OMP_NUM_THREADS="1", **(env or {}))
     cmd = [sys.executable, "train_net.py", *flags, "--config-file", config, *opts,
            f"train.output_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -1,7 +1,9 @@
 """tools/submit_slurm.py (efl.engine.slurm): the task's command line, requeue with
---resume, argument errors, and a job of 2 tasks on submitit's local executor (CPU, gloo)
-whose EFL state equals a ``train_net.py --num-gpus 2`` run's."""
+--resume (after passing the early warning on to train_net.py), argument errors, and a
+job of 2 tasks on submitit's local executor (CPU, gloo) whose EFL state equals a
+``train_net.py --num-gpus 2`` run's."""
 
+import signal
 import subprocess
 import sys
 
@@ -40,6 +42,38 @@ def test_timeout_requeues_the_same_command_with_resume():
     assert resumed.train_args == ["--resume", "--config-file", "c.py", "train.max_iter=5"]
     assert default_argument_parser().parse_args(resumed.command(1, 0, "h", "1")[2:]).resume
     assert resumed.checkpoint().function.train_args == resumed.train_args  # once
+
+
+def test_a_job_requeued_by_slurm_itself_resumes(monkeypatch):
+    job = TrainNetJob(["--config-file", "c.py"], gpus_per_node=1)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert "--resume" not in job.command(1, 0, "h", "1")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # preempted / node failure, requeued
+    assert "--resume" in job.command(1, 0, "h", "1")
+
+
+def test_early_warning_is_passed_on_and_the_checkpoint_awaited(tmp_path):
+    """submitit's handler calls checkpoint() before requeueing: train_net.py (here a
+    stand-in that takes 1 s to 'save' on USR2) gets the signal and has exited when
+    checkpoint() returns."""
+    saved = tmp_path / "saved"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import pathlib, signal, sys, time\n"
+        "def stop(signum, frame):\n"
+        "    time.sleep(1); pathlib.Path(sys.argv[1]).write_text('done'); sys.exit(128 + signum)\n"
+        "signal.signal(signal.SIGUSR2, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"), str(saved)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        job = TrainNetJob(["--config-file", "c.py"], gpus_per_node=1)
+        job._process = child
+        resumed = job.checkpoint().function
+        assert saved.read_text() == "done" and child.poll() == 128 + signal.SIGUSR2
+        assert resumed.train_args[0] == "--resume" and resumed._process is None
+    finally:
+        child.kill()
+        child.communicate()
 
 
 @pytest.mark.parametrize("argv, words", [

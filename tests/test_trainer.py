@@ -9,13 +9,11 @@ import shutil
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer
 from detectron2.utils.events import EventStorage
 
-from efl import add_efl_config
 from efl.engine import Trainer
-from helpers import ROOT, TINY_CLASSES, tiny_lazy_config
+from helpers import TINY_CLASSES, tiny_lazy_config, tiny_yaml_config
 
 
 def read_metrics(output_dir):
@@ -116,23 +114,8 @@ def test_num_classes_mismatch_is_a_clear_error(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_yaml_config_trains_with_stock_default_trainer(tiny_dataset, tmp_path):
-    cfg = get_cfg()
-    add_efl_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs/yaml/efl_retinanet_R_50_FPN.yaml"))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
-        "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CONVS", "1",
-        "MODEL.RETINANET.NUM_CLASSES", str(TINY_CLASSES),
-        "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
-        "DATASETS.TRAIN", f"('{tiny_dataset}_train',)", "DATASETS.TEST", "()",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "3", "SOLVER.BASE_LR", "0.001",
-        "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(tmp_path),
-    ])
+    cfg = tiny_yaml_config("efl_retinanet_R_50_FPN", tiny_dataset, str(tmp_path), max_iter=3)
+    cfg.DATASETS.TEST = ()  # evaluation: test_yaml_route.py
     trainer = DefaultTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()

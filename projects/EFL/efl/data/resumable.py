@@ -22,6 +22,9 @@ augmentations draw from per-worker generators seeded afresh at every start. Here
 
 import itertools
 import logging
+import os
+import signal
+import threading
 from typing import List
 
 import numpy as np
@@ -48,6 +51,25 @@ class _LoaderError:
 
     def __init__(self, message: str):
         self.message = message
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In a DataLoader worker: ignore the signals a scheduler sends every process of a job
+    (SLURM: SIGTERM; submitit's USR1/USR2); the training process decides (it checkpoints:
+    efl.engine.preemption) and ends its workers itself. A worker that died first would
+    make the training process fail at its next batch. SIGTERM from the training process
+    (multiprocessing ending its workers) still ends the worker, as in PyTorch."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+
+    def wait_for_sigterm():
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait_for_sigterm, name="sigterm", daemon=True).start()
 
 
 def _identity(batch):
@@ -223,7 +245,7 @@ class ResumableTrainLoader:
         self.dataset.start_iter = self.start_iter
         with preserve_rng_state():  # DataLoader draws its worker seeds from torch's RNG
             batches = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                      collate_fn=_identity))
+                                      collate_fn=_identity, worker_init_fn=_ignore_stop_signals))
         for batch in batches:
             if isinstance(batch, _LoaderError):
                 raise ImageUnreadable(batch.message)

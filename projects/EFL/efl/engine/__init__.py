@@ -1,9 +1,12 @@
-"""Training: the run plan, the LazyConfig ``Trainer``, its hooks, and config checks."""
+"""Training: the run plan, the LazyConfig ``Trainer``, its hooks, config checks, and the
+``YAMLTrainer`` for Detectron2's YAML configs."""
 
 from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
+from .preemption import Preempted, PreemptionCheckpointer, forward_to_workers, preemption_signals
 from .setup import RunPlan, dataset_names, plan_run, prepare_run_datasets
 from .trainer import Trainer, quiet_input_error_tracebacks
+from .yaml_trainer import YAMLTrainer
 
 __all__ = [
     "RunPlan",
@@ -12,10 +15,15 @@ __all__ = [
     "prepare_run_datasets",
     "quiet_input_error_tracebacks",
     "Trainer",
+    "YAMLTrainer",
     "EFLSummaryLogger",
     "ResumeState",
     "EFLStateSyncCheck",
     "EvalHook",
+    "Preempted",
+    "PreemptionCheckpointer",
+    "forward_to_workers",
+    "preemption_signals",
     "load_config",
     "apply_overrides",
     "check_device",

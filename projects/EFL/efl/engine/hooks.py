@@ -76,7 +76,13 @@ class ResumeState(HookBase):
         return {"rng": get_rng_state(), "model_floats": floats}
 
     def after_step(self):
-        if comm.get_world_size() > 1 and _is_checkpoint_iteration(self.trainer, self._period):
+        if _is_checkpoint_iteration(self.trainer, self._period):
+            self.capture()
+
+    def capture(self) -> None:
+        """With several processes: gather every rank's state now (every rank calls this,
+        before a checkpoint of this iteration is written)."""
+        if comm.get_world_size() > 1:
             self._ranks = comm.all_gather(self._local_state())
 
     def state_dict(self):

@@ -6,11 +6,14 @@ One task per node: each task runs ``train_net.py`` (Detectron2's launcher) with
 processes without CUDA). The port comes from the job id, so every task (and a requeued
 job) agrees on it without talking.
 
-Timeout and preemption: submitit's signal handler calls :meth:`TrainNetJob.checkpoint`,
-which requeues the same command with ``--resume``; the training resumes exactly from the
-last periodic checkpoint (``train.checkpointer.period``); iterations after it are redone.
-SLURM's early-warning signal (USR2) is ignored by the training processes, so they keep
-training until SLURM stops the job.
+Timeout and preemption (docs/preemption.md): SLURM sends submitit's early warning (USR2,
+``slurm_signal_delay_s`` = 120 s before the time limit) to every process of the job.
+The training processes finish the iteration in progress, checkpoint it and exit with
+128 + signal (:mod:`efl.engine.preemption`). In task 0, submitit's handler calls
+:meth:`TrainNetJob.checkpoint`, which passes the signal on to train_net.py, waits (at
+most ``stop_wait_s``) until it has exited, and returns the same command with
+``--resume``; submitit then requeues the job (``scontrol requeue``). A job that SLURM
+requeues itself (preemption, node failure: ``SLURM_RESTART_COUNT`` > 0) also resumes.
 """
 
 import argparse
@@ -18,10 +21,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import zlib
 from typing import List, Optional, Sequence
 
 from ..errors import InputError
+from .preemption import exit_status, preemption_signals
 
 __all__ = ["TrainNetJob", "split_train_args", "submit", "OWN_FLAGS"]
 
@@ -74,26 +79,33 @@ def _check_config(config_file: str, overrides: Sequence[str]) -> None:
     check_efl_hyperparameters(cfg)
 
 
-def _ignore_early_warning():
-    """In the training processes: SLURM's USR2 (submitit's 'time is nearly up') must not
-    kill them; the job's task requeues and SLURM ends them at the deadline."""
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
 class TrainNetJob(Checkpointable):
     """The callable submitit runs in every task (picklable: arguments only)."""
+
+    stop_wait_s = 90.0  # in checkpoint(): the most to wait for train_net.py's checkpoint
 
     def __init__(self, train_args: Sequence[str], gpus_per_node: int):
         self.train_args = list(train_args)
         self.gpus_per_node = int(gpus_per_node)
+        self._process = None  # the running train_net.py (not pickled)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_process"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _process=None)
 
     def command(self, num_tasks: int, rank: int, master: str, job_id: str) -> List[str]:
         """train_net.py's command line for task ``rank`` of ``num_tasks`` (our flags first:
-        the config overrides at the end are a REMAINDER)."""
+        the config overrides at the end are a REMAINDER); ``--resume`` added when SLURM
+        requeued the job itself (``SLURM_RESTART_COUNT``)."""
         port = 20000 + zlib.crc32(str(job_id).encode()) % 20000
+        args = self.train_args
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 and "--resume" not in args:
+            args = ["--resume", *args]
         return [sys.executable, TRAIN_NET, "--num-gpus", str(self.gpus_per_node),
                 "--num-machines", str(num_tasks), "--machine-rank", str(rank),
-                "--dist-url", f"tcp://{master}:{port}", *self.train_args]
+                "--dist-url", f"tcp://{master}:{port}", *args]
 
     def __call__(self) -> int:
         import submitit
@@ -103,14 +115,31 @@ class TrainNetJob(Checkpointable):
         cmd = self.command(env.num_tasks, env.global_rank, master, env.job_id)
         print(f"[efl.slurm] job {env.job_id} task {env.global_rank}/{env.num_tasks} on "
               f"{env.hostname}: {' '.join(cmd)}", flush=True)
-        code = subprocess.call(cmd, cwd=ROOT, preexec_fn=_ignore_early_warning)
+        self._process = subprocess.Popen(cmd, cwd=ROOT)
+        while self._process.poll() is None:  # not wait(): checkpoint() may run meanwhile
+            time.sleep(0.5)
+        code = self._process.returncode
+        if code in {exit_status(s) for s in preemption_signals()}:
+            print(f"[efl.slurm] train_net.py stopped on {signal.Signals(code - 128).name} "
+                  "after writing a checkpoint; the requeued job resumes from it", flush=True)
+            return code
         if code != 0:
             raise RuntimeError(f"train_net.py exited with status {code} in task "
                                f"{env.global_rank} of job {env.job_id}; see its log above")
         return code
 
     def checkpoint(self, *args, **kwargs):
-        """Requeue the same command with --resume (from the last periodic checkpoint)."""
+        """Called by submitit's signal handler before it requeues the job: pass the early
+        warning on to train_net.py, wait until it has written its checkpoint and exited
+        (at most ``stop_wait_s``), then the same command with ``--resume``."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            os.kill(process.pid, preemption_signals()[-1])
+            deadline = time.time() + self.stop_wait_s
+            # waitid(WNOWAIT) leaves the exit status to Popen (a poll() may be under way).
+            while time.time() < deadline and not os.waitid(
+                    os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                time.sleep(0.2)
         resumed = self.train_args if "--resume" in self.train_args else ["--resume", *self.train_args]
         return DelayedSubmission(TrainNetJob(resumed, self.gpus_per_node))
 

@@ -10,8 +10,10 @@ Reliability: checkpoints are written atomically (:class:`efl.checkpoint.EFLCheck
 and hold everything an exact resume needs (model with EFL state, optimizer, scheduler,
 iteration, data-stream seed, per-rank RNG states and loss normaliser), so killing a run at
 any moment and rerunning it with ``resume_or_load(resume=True)`` gives the weights of an
-uninterrupted run. A NaN/infinite loss stops training (:class:`efl.errors.TrainingDiverged`)
-without writing anything after the last good checkpoint; a failed run is not evaluated.
+uninterrupted run. SIGTERM or SLURM's early warning (USR2) stops training after the
+iteration in progress with a checkpoint of it (:mod:`efl.engine.preemption`). A
+NaN/infinite loss stops training (:class:`efl.errors.TrainingDiverged`) without writing
+anything after the last good checkpoint; a failed run is not evaluated.
 """
 
 import copy
@@ -41,6 +43,7 @@ from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
 from .config_checks import check_efl_hyperparameters, target_parameters
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
+from .preemption import PreemptionCheckpointer
 from .setup import RunPlan, dataset_names, plan_run
 
 __all__ = ["Trainer", "dataset_names", "quiet_input_error_tracebacks"]
@@ -176,16 +179,19 @@ class Trainer(TrainerBase):
         cfg = self.cfg
         main = comm.is_main_process()
         period = cfg.train.checkpointer.period
+        resume_state = ResumeState(period)
         ret = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
-            ResumeState(period),  # every rank, before the checkpointer
+            resume_state,  # every rank, before the checkpointer
             EFLStateSyncCheck(period) if comm.get_world_size() > 1 else None,
             hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer) if main else None,
             # After the checkpointer: a failed evaluation leaves the checkpoint to debug with.
             EvalHook(cfg.train.eval_period, self._test_and_save_results),
             EFLSummaryLogger(cfg.train.log_period) if main else None,
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period) if main else None,
+            # Last, every rank: on SIGTERM / SLURM's warning, checkpoint this iteration, exit.
+            PreemptionCheckpointer(self.checkpointer, period, before_save=resume_state.capture),
         ]
         return [h for h in ret if h is not None]
 
