@@ -1,0 +1,23 @@
+"""Turn an ATSSRetinaNet config into its quality-score variant (QualityATSSRetinaNet: no IoU
+branch, classification trained with QFL / EQFL against the IoU of the decoded box), the
+rest of the recipe unchanged."""
+
+from detectron2.config import LazyCall as L
+
+from efl import EqualizedQualityFocalLoss
+from efl.data.lvis import frequency_groups
+from efl.modeling import QualityATSSRetinaNet, QualityHead
+
+
+def use_quality_loss(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0):
+    """Switch ``model`` (a LazyCall of ATSSRetinaNet) in place; ``scale_factor=0`` is plain
+    QFL (beta = gamma_b), 8 the authors' EQFL."""
+    model._target_ = QualityATSSRetinaNet
+    model.head._target_ = QualityHead
+    model.efl = L(EqualizedQualityFocalLoss)(
+        num_classes="${..num_classes}",
+        gamma_b=gamma_b,
+        scale_factor=scale_factor,
+        class_groups=L(frequency_groups)(dataset_name=train_dataset, required=False),
+    )
+    return model
