@@ -301,7 +301,8 @@ class Trainer(TrainerBase):
             meta_architecture=type(model).__name__,
             num_classes=getattr(model, "num_classes", None),
             efl=None if efl is None else {
-                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor, "alpha": efl.alpha,
+                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor,
+                "alpha": getattr(efl, "alpha", None),  # EQFL has none
             },
             train_datasets=dataset_names(self.cfg.dataloader.train),
             test_dataset=test_name,

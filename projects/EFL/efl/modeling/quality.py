@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from ..compat import head_norm
-from ..quality_loss import EqualizedQualityFocalLoss
+from ..quality_loss import EqualizedQualityFocalLoss, equalized_quality_focal_loss
 from .atss import ATSSRetinaNet, _mean_over_workers, box_iou_and_giou
 from .retinanet import foreground_one_hot
 
@@ -43,18 +43,20 @@ class QualityHead(RetinaNetHead):
 class QualityATSSRetinaNet(ATSSRetinaNet):
     """:class:`ATSSRetinaNet` with a :class:`QualityHead` and these losses (N as there):
 
-    - ``loss_cls``: ``efl``, an :class:`EqualizedQualityFocalLoss` (``scale_factor=0``:
-      plain QFL) over all anchors against the soft target IoU(decoded box, its GT), / N;
+    - ``loss_cls``: EQFL (``efl``, an :class:`EqualizedQualityFocalLoss`) or plain QFL
+      (``efl=None``; beta = ``focal_loss_gamma``) over all anchors against the soft target
+      IoU(decoded box, its GT) of the positive entries, / N;
     - ``loss_box_reg``: as ATSSRetinaNet's (GIoU weighted by the IoU target).
 
     Inference: score = sigmoid(cls), then ATSSRetinaNet's post-processing.
     """
 
-    def __init__(self, *, efl: EqualizedQualityFocalLoss, **kwargs):
-        """``efl``: the classification loss (its ``num_classes`` must be the model's);
+    def __init__(self, *, efl: Optional[EqualizedQualityFocalLoss] = None, **kwargs):
+        """``efl``: the EQFL module (its ``num_classes`` must be the model's); None: QFL.
         ``kwargs``: as :class:`ATSSRetinaNet` (``head`` a :class:`QualityHead`)."""
         super().__init__(efl=None, **kwargs)
-        if not isinstance(efl, EqualizedQualityFocalLoss) or efl.num_classes != self.num_classes:
+        if efl is not None and (not isinstance(efl, EqualizedQualityFocalLoss)
+                                or efl.num_classes != self.num_classes):
             raise ValueError(
                 "QualityATSSRetinaNet needs efl=EqualizedQualityFocalLoss(num_classes="
                 f"{self.num_classes}); got {efl!r}"
@@ -91,8 +93,16 @@ class QualityATSSRetinaNet(ATSSRetinaNet):
         targets = foreground_one_hot(gt_labels.reshape(-1), self.num_classes)
         soft = logits.new_zeros(logits.shape[0], dtype=torch.float32)
         soft[pos_mask.reshape(-1)] = quality
+        normalizer = totals[0].clamp(min=1.0)
+        if self.efl is not None:
+            loss_cls = self.efl(logits, targets, soft, normalizer)
+        else:
+            soft_targets = targets.float() * soft[:, None]
+            beta = logits.new_tensor(self.focal_loss_gamma, dtype=torch.float32)
+            loss_cls = equalized_quality_focal_loss(
+                logits.float(), soft_targets, beta, 1.0).sum() / normalizer
         return {
-            "loss_cls": self.efl(logits, targets, soft, totals[0].clamp(min=1.0)),
+            "loss_cls": loss_cls,
             "loss_box_reg": ((1 - giou) * quality).sum() / totals[1].clamp(min=1e-6),
         }
 
