@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - the loss itself does not need Detectro
     get_event_storage = None
 
 __all__ = [
-    "GradientStatisticsLoss", "EqualizedFocalLoss", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
+    "GradientStatisticsLoss", "EqualizedFocalLoss", "attach_grad_scaler", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
     "FREQUENCY_GROUPS",
 ]
 
@@ -284,6 +284,16 @@ class GradientStatisticsLoss(nn.Module):
             values += [self._group_means @ g, self._group_means @ gamma]
         values = torch.cat([v.reshape(-1) for v in values]).tolist()  # one device sync
         storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)
+
+
+def attach_grad_scaler(model: nn.Module, scaler, commit_on_forward: bool = True) -> list:
+    """``use_grad_scaler(scaler, commit_on_forward)`` on every EFL / EQFL module of
+    ``model``; returns them (call their ``commit_statistics()`` after ``scaler.update()``
+    when a step must be in the state before the next forward, e.g. before a checkpoint)."""
+    losses = [m for m in model.modules() if isinstance(m, GradientStatisticsLoss)]
+    for loss in losses:
+        loss.use_grad_scaler(scaler, commit_on_forward)
+    return losses
 
 
 class EqualizedFocalLoss(GradientStatisticsLoss):
