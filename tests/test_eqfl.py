@@ -251,3 +251,14 @@ def test_quality_detector_trains_with_eqfl_and_its_state_moves(tiny_dataset, tmp
     assert "bbox" in results
     saved = torch.load(os.path.join(str(tmp_path), "model_final.pth"), weights_only=False)
     torch.testing.assert_close(saved["model"]["efl.pos_grad"], efl.pos_grad)
+
+
+def test_config_check_names_the_bad_eqfl_key():
+    from efl.engine.config_checks import check_efl_hyperparameters
+    from efl.errors import ConfigError
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/quality_eqfl.py"))
+    check_efl_hyperparameters(cfg)
+    cfg.model.efl.gamma_b = 0
+    with pytest.raises(ConfigError, match=r"model\.efl\.gamma_b=0"):
+        check_efl_hyperparameters(cfg)
