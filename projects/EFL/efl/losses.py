@@ -176,6 +176,12 @@ class GradientStatisticsLoss(nn.Module):
         """(K,) weighting factor of each class from the current state."""
         return efl_weight(self.pos_neg, self.gamma_b, self.scale_factor)
 
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
+            f"scale_factor={self.scale_factor}"
+        )
+
     def use_grad_scaler(self, scaler, commit_on_forward: bool = True) -> None:
         """Keep the state unscaled under a ``torch.amp.GradScaler`` (``scaler``; None: off).
 
@@ -267,6 +273,13 @@ class GradientStatisticsLoss(nn.Module):
         if not isinstance(normalizer, torch.Tensor) and not normalizer > 0:
             raise ValueError(f"normalizer must be > 0; got normalizer={normalizer!r}")
 
+    def _normalize_and_summarize(self, loss_sum: torch.Tensor, normalizer) -> torch.Tensor:
+        """loss_sum / normalizer (in loss_sum's dtype); puts the summaries."""
+        if isinstance(normalizer, torch.Tensor):
+            normalizer = normalizer.to(loss_sum.dtype)
+        self._put_summaries()
+        return loss_sum / normalizer
+
     def _put_summaries(self) -> None:
         """A few scalars per iteration (never one per class) when an EventStorage is open."""
         if get_event_storage is None or not self.training:
@@ -331,10 +344,7 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
         self.implementation = implementation
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}, alpha={self.alpha}"
-        )
+        return f"{super().extra_repr()}, alpha={self.alpha}"
 
     def forward(
         self,
@@ -371,9 +381,5 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
                 if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
                     z = _GradientStatisticsTap.apply(z, y, self)
                 loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
-            if isinstance(normalizer, torch.Tensor):
-                normalizer = normalizer.to(dtype)
-            loss = loss / normalizer
-        self._put_summaries()
-        return loss
+            return self._normalize_and_summarize(loss, normalizer)
 

@@ -14,7 +14,7 @@ statistics are the entries with y = 1, whatever their quality. No alpha (as the 
 with beta = gamma_b.
 """
 
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -52,21 +52,6 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
     The readable path under autograd only (no fused kernel: see docs/eqfl.md).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        gamma_b: float = 2.0,
-        scale_factor: float = 8.0,
-        class_groups: Optional[Sequence[str]] = None,
-    ):
-        super().__init__(num_classes, gamma_b, scale_factor, class_groups)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}"
-        )
-
     def forward(
         self,
         logits: torch.Tensor,
@@ -76,11 +61,10 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
     ) -> torch.Tensor:
         """
         Args:
-            logits: (M, K) float logits of the valid anchors (ignored anchors removed).
-            targets: (M, K) one-hot positives in {0, 1}; background rows are all zero.
+            logits, targets, normalizer: as :meth:`EqualizedFocalLoss.forward` (targets:
+                the one-hot positives, which the statistics count whatever their quality).
             quality: (M,) soft target in [0, 1] of each row's positive entry (values on
                 background rows are not used).
-            normalizer: the loss is divided by it (e.g. the number of positive anchors).
         Returns:
             0-dim tensor in float32 (float64 for float64 logits).
         """
@@ -108,8 +92,4 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
                 z = _GradientStatisticsTap.apply(z, y, self)
             gamma = self.gamma.to(dtype)
             loss = equalized_quality_focal_loss(z, y * q[:, None], gamma, gamma / self.gamma_b)
-            if isinstance(normalizer, torch.Tensor):
-                normalizer = normalizer.to(dtype)
-            loss = loss.sum() / normalizer
-        self._put_summaries()
-        return loss
+            return self._normalize_and_summarize(loss.sum(), normalizer)

@@ -13,30 +13,33 @@ from typing import List, Optional
 
 import torch
 
-from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from ..compat import head_norm
 from ..quality_loss import EqualizedQualityFocalLoss, equalized_quality_focal_loss
-from .atss import ATSSRetinaNet, _mean_over_workers, box_iou_and_giou
+from .atss import ATSSHead, ATSSRetinaNet, _mean_over_workers, box_iou_and_giou
 from .retinanet import foreground_one_hot
 
 __all__ = ["QualityHead", "QualityATSSRetinaNet"]
 
 
-class QualityHead(RetinaNetHead):
-    """:class:`RetinaNetHead` (cls and box towers, GroupNorm by default), no IoU branch."""
+class QualityHead(ATSSHead):
+    """:class:`ATSSHead` (GroupNorm towers) without its IoU branch."""
 
-    @configurable
-    def __init__(self, *, input_shape: List[ShapeSpec], num_classes, num_anchors, conv_dims,
-                 norm="GN", prior_prob=0.001):
-        super().__init__(input_shape=input_shape, num_classes=num_classes,
-                         num_anchors=num_anchors, conv_dims=conv_dims, norm=head_norm(norm),
-                         prior_prob=prior_prob)
+    def __init__(self, **kwargs):
+        """Arguments as :class:`ATSSHead`."""
+        super().__init__(**kwargs)
+        del self.iou_pred
+
+    def forward(self, features: List[torch.Tensor]):
+        """
+        Returns:
+            logits, bbox_reg: per level, (N, A*K, Hi, Wi) and (N, A*4, Hi, Wi).
+        """
+        return RetinaNetHead.forward(self, features)
 
 
 @META_ARCH_REGISTRY.register()
