@@ -40,13 +40,16 @@ def test_tiny_check_on_cpu_runs_every_part(tmp_path):
         for m in ("off", "bfloat16")}
     assert all(r["median_s"] > 0 and r["peak_bytes"] > 0 for r in train)
     amp = result["parts"]["amp"]
-    assert [r["passed"] for r in amp] == [True, True, True], amp
+    assert [r["passed"] for r in amp] == [True, True, True, True], amp
     # Not vacuous: bfloat16 forward passes differ from float32 ones, within the tolerance.
     assert amp[0]["max_abs_diff"] <= amp[0]["tolerance"] and amp[0]["finite"]
     assert 0 < max(amp[1]["pos_grad_diff"], amp[1]["neg_grad_diff"]) <= amp[1]["tolerance"]
-    assert amp[2]["state_unchanged"] and amp[2]["params_unchanged"] and amp[2]["scale_halved"]
+    # the scale grew (x2 per step from 4; powers of 2: on CPU the sums come out equal)
+    assert not amp[2]["comparable"] or (
+        amp[2]["final_scale"] > 4 and amp[2]["max_diff"] <= amp[2]["tolerance"])
+    assert amp[3]["state_unchanged"] and amp[3]["params_unchanged"] and amp[3]["scale_halved"]
     table = proc.stdout
-    assert table.count("PASS") == 3 and "retinanet x2 fp16 fused" in table
+    assert table.count("PASS") == 4 and "retinanet x2 fp16 fused" in table
     assert "improved efl amp=bfloat16" in table
 
 

@@ -6,6 +6,7 @@ LVISEvaluator, and write a comparison report (table + plots).
     python tools/demo.py                      # one seed (0), output/demo/
     python tools/demo.py --seeds 0 1 2        # three training seeds: per-seed table + mean
     python tools/demo.py --detector improved  # the authors' improved detector (ATSS) instead
+    python tools/demo.py --detector quality   # its quality-score variant, QFL vs EQFL
 
 Each run is ``train_net.py`` in its own process; a finished run is reused when the demo
 is started again with the same settings, an interrupted one resumes from its last
@@ -26,7 +27,11 @@ DETECTORS = {  # --detector -> {loss: config}
                   "efl": "configs/Synthetic/retinanet_efl.py"},
     "improved": {"focal": "configs/Synthetic/improved_focal.py",
                  "efl": "configs/Synthetic/improved_efl.py"},
+    # the baseline's role is "focal", the equalized loss's "efl"; LABELS names them
+    "quality": {"focal": "configs/Synthetic/quality_qfl.py",
+                "efl": "configs/Synthetic/quality_eqfl.py"},
 }
+LABELS = {"quality": ("QFL", "EQFL")}  # --detector -> report labels (default focal / EFL)
 STAMP = "demo_run.json"
 
 
@@ -35,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     p.add_argument("--detector", choices=sorted(DETECTORS), default="retinanet",
                    help="retinanet: Detectron2's RetinaNet (default); improved: the EFL "
-                        "authors' ATSS-style detector (ATSSRetinaNet)")
+                        "authors' ATSS-style detector (ATSSRetinaNet); quality: its "
+                        "quality-score variant, QFL vs EQFL (QualityATSSRetinaNet)")
     p.add_argument("--output", default="output/demo", help="folder for runs and report")
     p.add_argument("--opts", nargs="*", default=[],
                    help="extra key=value config overrides for both models, e.g. train.max_iter=500")
@@ -103,7 +109,8 @@ def main(argv=None):
     from efl.report import build_report
 
     report_dir = os.path.join(output, prefix + "report")
-    report = build_report(runs["focal"], runs["efl"], report_dir, labels=("focal", "EFL"))
+    labels = LABELS.get(args.detector, ("focal", "EFL"))
+    report = build_report(runs["focal"], runs["efl"], report_dir, labels=labels)
     print(f"\n[demo] report: {report_dir} ({', '.join(sorted(os.listdir(report_dir)))})")
     print(f"[demo] wall time: {(time.time() - start) / 60:.1f} min\n")
     print(report["table"])

@@ -1,12 +1,13 @@
 """Equalized Focal Loss for Detectron2 one-stage detectors (Li et al., CVPR 2022)."""
 
 from .losses import EqualizedFocalLoss
+from .quality_loss import EqualizedQualityFocalLoss
 from .config import add_atss_config, add_efl_config
 from .modeling import ATSSRetinaNet, EFLFCOS, EFLRetinaNet
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EqualizedFocalLoss", "EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "add_efl_config",
+    "EqualizedFocalLoss", "EqualizedQualityFocalLoss", "EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "add_efl_config",
     "add_atss_config",
 ]

@@ -23,7 +23,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .convert import adapt_checkpoint
 from .errors import CheckpointError
-from .losses import EqualizedFocalLoss
+from .losses import GradientStatisticsLoss
 
 __all__ = ["EFLCheckpointer", "atomic_write"]
 
@@ -188,7 +188,7 @@ class EFLCheckpointer(DetectionCheckpointer):
     def _report_fresh(self, incompatible) -> None:
         """Log one line per part of the model that the checkpoint did not initialise."""
         efl_prefixes = [
-            f"{n}." for n, m in self.model.named_modules() if isinstance(m, EqualizedFocalLoss)
+            f"{n}." for n, m in self.model.named_modules() if isinstance(m, GradientStatisticsLoss)
         ]
         shapes = {k: (c, m) for k, c, m in incompatible.incorrect_shapes}
         missing = set(incompatible.missing_keys) - set(shapes)  # fvcore lists both

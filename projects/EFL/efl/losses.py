@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - the loss itself does not need Detectro
     get_event_storage = None
 
 __all__ = [
-    "EqualizedFocalLoss", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
+    "GradientStatisticsLoss", "EqualizedFocalLoss", "attach_grad_scaler", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
     "FREQUENCY_GROUPS",
 ]
 
@@ -98,26 +98,22 @@ class _GradientStatisticsTap(torch.autograd.Function):
         return grad, None, None
 
 
-class EqualizedFocalLoss(nn.Module):
-    """Equalized Focal Loss with its gradient-driven per-class state.
+class GradientStatisticsLoss(nn.Module):
+    """The state shared by EFL and EQFL: per-class cumulative gradient magnitudes and the
+    focusing / weighting factors derived from them.
 
     State (float32 buffers of shape (K,), saved in ``state_dict``): ``pos_grad`` and
-    ``neg_grad``, the cumulative gradient magnitudes of positive and negative entries,
-    and ``pos_neg`` (g), their clamped ratio. The state starts at g = 1, i.e. focal loss.
+    ``neg_grad``, the cumulative |dL/dz| of positive and negative entries (unscaled: see
+    :meth:`use_grad_scaler`), and ``pos_neg`` (g), their clamped ratio; it starts at g = 1.
 
     Args:
         num_classes: K, the number of foreground classes (the logits' second dim).
         gamma_b: base focusing factor (> 0).
         scale_factor: s, how strongly imbalance raises a class's focusing factor (>= 0).
-        alpha: positive/negative balance in [0, 1].
         class_groups: optional length-K sequence of 'r'/'c'/'f' (LVIS frequency groups);
             with it, the mean g and gamma of each group are put into Detectron2's
             EventStorage (when one is open) as ``efl/pos_neg_<group>`` and
             ``efl/gamma_<group>``.
-        implementation: "fused" (default: ``efl.kernels``, one compute pass over logits
-            and targets in forward, which keeps the gradient for backward) or "reference"
-            (the readable ``equalized_focal_loss`` under autograd); both give the same
-            loss, gradient and state.
 
     Set ``update_statistics = False`` to freeze the state (e.g. for gradcheck).
     """
@@ -127,9 +123,7 @@ class EqualizedFocalLoss(nn.Module):
         num_classes: int,
         gamma_b: float = 2.0,
         scale_factor: float = 8.0,
-        alpha: float = 0.25,
         class_groups: Optional[Sequence[str]] = None,
-        implementation: str = "fused",
     ):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -138,20 +132,15 @@ class EqualizedFocalLoss(nn.Module):
             raise ValueError(f"gamma_b must be > 0; got gamma_b={gamma_b!r}")
         if not scale_factor >= 0:
             raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1]; got alpha={alpha!r}")
-        if implementation not in ("fused", "reference"):
-            raise ValueError(
-                "implementation must be 'fused' or 'reference'; "
-                f"got implementation={implementation!r}"
-            )
         self.num_classes = num_classes
         self.gamma_b = float(gamma_b)
         self.scale_factor = float(scale_factor)
-        self.alpha = float(alpha)
-        self.implementation = implementation
         self.update_statistics = True
         self.num_nonfinite_steps = 0
+        self.num_skipped_steps = 0  # steps a gradient scaler skipped (use_grad_scaler)
+        self._grad_scaler = None
+        self._commit_on_forward = True
+        self._pending = []  # (positives, negatives, scale) awaiting the scaler's verdict
 
         self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
@@ -190,56 +179,56 @@ class EqualizedFocalLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}, alpha={self.alpha}"
+            f"scale_factor={self.scale_factor}"
         )
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        targets: torch.Tensor,
-        normalizer: Union[float, torch.Tensor] = 1.0,
-    ) -> torch.Tensor:
+    def use_grad_scaler(self, scaler, commit_on_forward: bool = True) -> None:
+        """Keep the state unscaled under a ``torch.amp.GradScaler`` (``scaler``; None: off).
+
+        The logits' gradient in backward is scaled by the scaler's current scale; each
+        backward's statistics are divided by that scale and held pending. They are added
+        to the state by :meth:`commit_statistics` once ``scaler.update()`` has run, unless
+        the scale went down, i.e. the scaler found an inf/NaN and skipped that step. With
+        ``commit_on_forward`` (default) the next forward commits them first, so a plain
+        ``scale(loss).backward(); step(); update()`` loop needs nothing else. With several
+        backward passes per optimizer step (gradient accumulation) pass False and call
+        :meth:`commit_statistics` after each ``scaler.update()``. Also call it before
+        saving the state outside a forward. (An explicit ``scaler.update(new_scale)``
+        lower than the step's scale also counts as a skipped step.)
         """
-        Args:
-            logits: (M, K) float logits of the valid anchors (ignored anchors removed).
-            targets: (M, K) one-hot targets in {0, 1}; background rows are all zero.
-            normalizer: the loss is divided by it (e.g. the number of positive anchors).
-        Returns:
-            0-dim tensor: sum of EFL over all entries / normalizer, in float32 (float64
-            for float64 logits) whatever the input precision or autocast state.
-        """
-        fused = self.implementation == "fused"
-        # The fused kernel checks the target values in its own pass over the targets.
-        self._check_inputs(logits, targets, normalizer, check_values=not fused)
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        with autocast_off(logits.device.type):
-            gamma = self.gamma.to(dtype)
-            if fused:
-                # The statistics are handed over in backward, as the tap below does.
-                statistics = self if self.update_statistics else None
-                loss = fused_equalized_focal_loss(
-                    logits, targets, gamma, gamma / self.gamma_b, self.alpha, statistics,
-                    check_targets=True,
-                )
+        self.commit_statistics()
+        self._grad_scaler = scaler
+        self._commit_on_forward = bool(commit_on_forward)
+
+    @torch.no_grad()
+    def commit_statistics(self) -> None:
+        """Add the pending statistics of finished steps to the state (see
+        :meth:`use_grad_scaler`); a no-op without a scaler or pending statistics."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        current = self._grad_scaler.get_scale() if self._grad_scaler is not None else 0.0
+        for positives, negatives, scale in pending:
+            if current < scale:  # the scaler backed off: it skipped this step
+                self.num_skipped_steps += 1
             else:
-                z = logits.to(dtype)
-                y = targets.to(dtype)
-                if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
-                    z = _GradientStatisticsTap.apply(z, y, self)
-                loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
-            if isinstance(normalizer, torch.Tensor):
-                normalizer = normalizer.to(dtype)
-            loss = loss / normalizer
-        self._put_summaries()
-        return loss
+                self._add_statistics(positives, negatives)
 
     @torch.no_grad()
     def accumulate_statistics(self, positives: torch.Tensor, negatives: torch.Tensor) -> None:
-        """Add one step's per-class gradient magnitudes (each (K,)) to the state.
+        """Add one backward's per-class gradient magnitudes (each (K,)) to the state.
 
         Sums them over all workers first, so every worker holds the same state. A step
-        whose statistics are not finite (e.g. an overflowing AMP step) is not added.
+        whose statistics are not finite (e.g. an overflowing AMP step) is not added. Under
+        a gradient scaler (:meth:`use_grad_scaler`) they are unscaled and held pending.
         """
+        if self._grad_scaler is None:
+            self._add_statistics(positives, negatives)
+            return
+        scale = float(self._grad_scaler.get_scale())
+        self._pending.append((positives / scale, negatives / scale, scale))
+
+    def _add_statistics(self, positives: torch.Tensor, negatives: torch.Tensor) -> None:
         stats = torch.stack([positives, negatives]).to(self.pos_grad.dtype)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(stats)
@@ -247,14 +236,19 @@ class EqualizedFocalLoss(nn.Module):
             self.num_nonfinite_steps += 1
             if self.num_nonfinite_steps == 1:
                 logger.warning(
-                    "EqualizedFocalLoss: non-finite gradient reached the logits; this step "
-                    "is not added to the gradient statistics (later ones are counted in "
-                    "num_nonfinite_steps without another warning)."
+                    "%s: non-finite gradient reached the logits; this step is not added to "
+                    "the gradient statistics (later ones are counted in num_nonfinite_steps "
+                    "without another warning).", type(self).__name__,
                 )
             return
         self.pos_grad += stats[0]
         self.neg_grad += stats[1]
         self.pos_neg.copy_(efl_pos_neg(self.pos_grad, self.neg_grad))
+
+    def _start_forward(self) -> None:
+        """Commit pending statistics of the previous step (see use_grad_scaler)."""
+        if self._pending and self._commit_on_forward:
+            self.commit_statistics()
 
     def _check_inputs(self, logits, targets, normalizer, check_values: bool = True) -> None:
         """Types and shapes; with check_values also that non-bool targets are in {0, 1}
@@ -279,6 +273,13 @@ class EqualizedFocalLoss(nn.Module):
         if not isinstance(normalizer, torch.Tensor) and not normalizer > 0:
             raise ValueError(f"normalizer must be > 0; got normalizer={normalizer!r}")
 
+    def _normalize_and_summarize(self, loss_sum: torch.Tensor, normalizer) -> torch.Tensor:
+        """loss_sum / normalizer (in loss_sum's dtype); puts the summaries."""
+        if isinstance(normalizer, torch.Tensor):
+            normalizer = normalizer.to(loss_sum.dtype)
+        self._put_summaries()
+        return loss_sum / normalizer
+
     def _put_summaries(self) -> None:
         """A few scalars per iteration (never one per class) when an EventStorage is open."""
         if get_event_storage is None or not self.training:
@@ -296,3 +297,89 @@ class EqualizedFocalLoss(nn.Module):
             values += [self._group_means @ g, self._group_means @ gamma]
         values = torch.cat([v.reshape(-1) for v in values]).tolist()  # one device sync
         storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)
+
+
+def attach_grad_scaler(model: nn.Module, scaler, commit_on_forward: bool = True) -> list:
+    """``use_grad_scaler(scaler, commit_on_forward)`` on every EFL / EQFL module of
+    ``model``; returns them (call their ``commit_statistics()`` after ``scaler.update()``
+    when a step must be in the state before the next forward, e.g. before a checkpoint)."""
+    losses = [m for m in model.modules() if isinstance(m, GradientStatisticsLoss)]
+    for loss in losses:
+        loss.use_grad_scaler(scaler, commit_on_forward)
+    return losses
+
+
+class EqualizedFocalLoss(GradientStatisticsLoss):
+    """Equalized Focal Loss with its gradient-driven per-class state
+    (:class:`GradientStatisticsLoss`; the state starts at g = 1, i.e. focal loss).
+
+    Args:
+        num_classes, gamma_b, scale_factor, class_groups: see
+            :class:`GradientStatisticsLoss`.
+        alpha: positive/negative balance in [0, 1].
+        implementation: "fused" (default: ``efl.kernels``, one compute pass over logits
+            and targets in forward, which keeps the gradient for backward) or "reference"
+            (the readable ``equalized_focal_loss`` under autograd); both give the same
+            loss, gradient and state.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        gamma_b: float = 2.0,
+        scale_factor: float = 8.0,
+        alpha: float = 0.25,
+        class_groups: Optional[Sequence[str]] = None,
+        implementation: str = "fused",
+    ):
+        super().__init__(num_classes, gamma_b, scale_factor, class_groups)
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1]; got alpha={alpha!r}")
+        if implementation not in ("fused", "reference"):
+            raise ValueError(
+                "implementation must be 'fused' or 'reference'; "
+                f"got implementation={implementation!r}"
+            )
+        self.alpha = float(alpha)
+        self.implementation = implementation
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}"
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        normalizer: Union[float, torch.Tensor] = 1.0,
+    ) -> torch.Tensor:
+        """
+        Args:
+            logits: (M, K) float logits of the valid anchors (ignored anchors removed).
+            targets: (M, K) one-hot targets in {0, 1}; background rows are all zero.
+            normalizer: the loss is divided by it (e.g. the number of positive anchors).
+        Returns:
+            0-dim tensor: sum of EFL over all entries / normalizer, in float32 (float64
+            for float64 logits) whatever the input precision or autocast state.
+        """
+        self._start_forward()
+        fused = self.implementation == "fused"
+        # The fused kernel checks the target values in its own pass over the targets.
+        self._check_inputs(logits, targets, normalizer, check_values=not fused)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        with autocast_off(logits.device.type):
+            gamma = self.gamma.to(dtype)
+            if fused:
+                # The statistics are handed over in backward, as the tap below does.
+                statistics = self if self.update_statistics else None
+                loss = fused_equalized_focal_loss(
+                    logits, targets, gamma, gamma / self.gamma_b, self.alpha, statistics,
+                    check_targets=True,
+                )
+            else:
+                z = logits.to(dtype)
+                y = targets.to(dtype)
+                if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
+                    z = _GradientStatisticsTap.apply(z, y, self)
+                loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
+            return self._normalize_and_summarize(loss, normalizer)
+

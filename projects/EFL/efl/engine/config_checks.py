@@ -23,6 +23,7 @@ from detectron2.utils.registry import locate
 
 from ..errors import ConfigError
 from ..losses import EqualizedFocalLoss
+from ..quality_loss import EqualizedQualityFocalLoss
 
 __all__ = ["load_config", "apply_overrides", "check_device", "check_efl_hyperparameters"]
 
@@ -130,16 +131,19 @@ def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
 
 
 def check_efl_hyperparameters(cfg) -> None:
-    """Instantiate-time ValueErrors of ``EqualizedFocalLoss``, raised now, with the key."""
-    names = ("gamma_b", "scale_factor", "alpha", "implementation")
-    defaults = {n: p.default for n, p in inspect.signature(EqualizedFocalLoss).parameters.items()}
+    """Instantiate-time ValueErrors of ``EqualizedFocalLoss`` /
+    ``EqualizedQualityFocalLoss``, raised now, with the key."""
     for path, node in _lazy_nodes(cfg):
         target = node._target_
-        if (locate(target) if isinstance(target, str) else target) is not EqualizedFocalLoss:
+        loss_cls = locate(target) if isinstance(target, str) else target
+        if loss_cls not in (EqualizedFocalLoss, EqualizedQualityFocalLoss):
             continue
+        parameters = inspect.signature(loss_cls).parameters
+        defaults = {n: p.default for n, p in parameters.items()}
+        names = [n for n in ("gamma_b", "scale_factor", "alpha", "implementation") if n in parameters]
         given = {n: node[n] for n in names if n in node}
         try:
-            EqualizedFocalLoss(1, **given)
+            loss_cls(1, **given)
         except (ValueError, TypeError) as e:
             message = str(e)
             bad = next((n for n in given if f"{n}=" in message or message.startswith(n)), None)

@@ -38,6 +38,7 @@ from .. import compat
 from ..checkpoint import EFLCheckpointer, atomic_write
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError, InputError, TrainingDiverged
+from ..losses import attach_grad_scaler
 from ..records import RunRecord
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
@@ -99,7 +100,15 @@ class Trainer(TrainerBase):
             logger.warning("train.amp.enabled needs CUDA (Detectron2's AMPTrainer); training "
                            "in float32 on CPU")
             use_amp = False
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        if use_amp:
+            scaler = self.build_grad_scaler(cfg)
+            self._trainer = AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler)
+            # The EFL statistics are divided by the scale of their step, and a step the
+            # scaler skips is not added (committed after each step in run_step).
+            self._scaled_losses = attach_grad_scaler(model, scaler)
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+            self._scaled_losses = []
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, plan)
         self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self))
@@ -132,6 +141,11 @@ class Trainer(TrainerBase):
         _check_num_classes(model, dataset_names(cfg.dataloader.train))
         logger.info("Model:\n{}".format(model))
         return model
+
+    @classmethod
+    def build_grad_scaler(cls, cfg):
+        """The AMP ``GradScaler`` (``train.amp.enabled``), on ``train.device``'s type."""
+        return torch.amp.GradScaler(torch.device(cfg.train.device).type)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -235,6 +249,8 @@ class Trainer(TrainerBase):
     def run_step(self):
         self._trainer.iter = self.iter
         self._trainer.run_step()
+        for loss in self._scaled_losses:  # after scaler.update(): the step's verdict is known
+            loss.commit_statistics()
 
     def _stop_on_non_finite_losses(self, model, inputs, losses):
         """Forward hook: a NaN/infinite training loss stops the run before its backward
@@ -307,7 +323,8 @@ class Trainer(TrainerBase):
             meta_architecture=type(model).__name__,
             num_classes=getattr(model, "num_classes", None),
             efl=None if efl is None else {
-                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor, "alpha": efl.alpha,
+                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor,
+                "alpha": getattr(efl, "alpha", None),  # EQFL has none
             },
             train_datasets=dataset_names(self.cfg.dataloader.train),
             test_dataset=test_name,

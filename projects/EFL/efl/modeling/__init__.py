@@ -6,7 +6,9 @@ from .backbone import build_atss_resnet_fpn_backbone
 from .fcos import EFLFCOS
 from .fpn import LastLevelP6P7, LateralTopFPN
 from .norm import FrozenStatsBatchNorm2d
+from .quality import QualityATSSRetinaNet, QualityHead
 from .retinanet import EFLRetinaNet
 
 __all__ = ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "ATSSHead", "ATSSAssigner", "LastLevelP6P7",
-           "LateralTopFPN", "FrozenStatsBatchNorm2d", "build_atss_resnet_fpn_backbone"]
+           "LateralTopFPN", "FrozenStatsBatchNorm2d", "QualityATSSRetinaNet", "QualityHead",
+           "build_atss_resnet_fpn_backbone"]
