@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional
 
 from .errors import InputError
+from .io import write_json_atomic
 
 __all__ = [
     "FREQUENCY_GROUPS",
@@ -90,11 +91,8 @@ class RunRecord:
 
     def write(self, folder: str) -> None:
         """Write ``folder/run_info.json`` atomically (indented JSON, fields in order)."""
-        from .checkpoint import atomic_write  # checkpoint imports losses, which import this
-
         os.makedirs(folder, exist_ok=True)
-        text = json.dumps(asdict(self), indent=2, default=float)
-        atomic_write(os.path.join(folder, RUN_INFO), lambda f: f.write(text.encode()))
+        write_json_atomic(os.path.join(folder, RUN_INFO), asdict(self))
 
     @classmethod
     def read(cls, folder: str) -> "RunRecord":

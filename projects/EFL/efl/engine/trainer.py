@@ -35,9 +35,10 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 
 from .. import compat
-from ..checkpoint import EFLCheckpointer, atomic_write
+from ..checkpoint import EFLCheckpointer
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError, InputError, TrainingDiverged
+from ..io import write_json_atomic
 from ..records import RunRecord
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
@@ -294,7 +295,7 @@ class Trainer(TrainerBase):
         if comm.is_main_process():
             done = min(self.iter + 1, self.max_iter)  # self.iter is max_iter in after_train
             record = {"iteration": done, "results": self._last_eval_results}
-            _write_json_atomic(os.path.join(self.cfg.train.output_dir, "results.json"), record)
+            write_json_atomic(os.path.join(self.cfg.train.output_dir, "results.json"), record)
         return self._last_eval_results
 
     def _write_run_info(self):
@@ -328,10 +329,6 @@ def _check_num_classes(model, train_names):
             f"has {len(classes)} categories. Set model.num_classes={len(classes)} (e.g. as "
             f"a command-line override: model.num_classes={len(classes)})."
         )
-
-
-def _write_json_atomic(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float).encode()))
 
 
 def _drop_metrics_after(path: str, iteration: int) -> None:
