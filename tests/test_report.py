@@ -298,3 +298,30 @@ def test_cli_error_is_one_line_without_traceback(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"{tmp_path} has no run_info.json" in err and "Traceback" not in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_apfixed_columns_appear_only_when_results_hold_them(runs, report, tmp_path):
+    from efl.evaluation import FIXED_KEYS
+
+    _, rep = report  # the fixture's results have no APfixed: the six columns only
+    assert rep["metrics"] == list(METRICS)
+    assert "APfixed" not in rep["table"]
+    _, base, efl = runs
+    fixed = str(tmp_path / "efl_fixed")
+    shutil.copytree(efl[0], fixed)
+    with open(os.path.join(fixed, "results.json")) as f:
+        record = json.load(f)
+    values = dict(zip(FIXED_KEYS.values(), (16.5, 7.25, 11.0, 19.75)))
+    record["results"]["bbox"].update(values)
+    with open(os.path.join(fixed, "results.json"), "w") as f:
+        json.dump(record, f)
+    rep = build_report(base[:1], [fixed], str(tmp_path / "report"), num_images=0)
+    assert rep["metrics"] == list(METRICS) + list(FIXED_KEYS.values())
+    header, _, *rows = rep["table"].splitlines()[1:]
+    assert [c.strip() for c in header.strip("|").split("|")][3:] == rep["metrics"]
+    cells = {r.split("|")[1].strip() or "?": [c.strip() for c in r.strip("|").split("|")][3:]
+             for r in rows}
+    assert cells["EFL"][len(METRICS):] == [f"{v:.2f}" for v in values.values()]
+    assert cells["focal"][len(METRICS):] == ["n/a"] * 4  # the baseline's results lack it
+    with open(os.path.join(tmp_path, "report", "summary.md")) as f:
+        assert "APfixed (and its r/c/f parts)" in f.read()
