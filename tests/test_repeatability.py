@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deploy_models import one_thread
+from efl.records import RunRecord, cpu_model
 from helpers import ROOT, tiny_lazy_config
 from runs import assert_same, dataset_root
 
@@ -66,6 +67,9 @@ def test_same_training_twice_in_one_process_is_bitwise_equal(tiny_dataset, tmp_p
     assert any(k.endswith("efl.pos_neg") for k in first)
     assert not torch.equal(first["head.cls_score.weight"], torch.zeros_like(first["head.cls_score.weight"]))
     assert_same(first, second, "model")
+    record = RunRecord.read(str(tmp_path / "a"))  # what the bits depend on, recorded
+    assert record.seed == 0 and record.cpu == cpu_model() and record.torch_threads == 1
+    assert record.cpu_capability == torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.mark.slow

@@ -39,9 +39,10 @@ from ..checkpoint import EFLCheckpointer
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError, InputError, TrainingDiverged
 from ..io import write_json_atomic
-from ..records import RunRecord
+from ..records import RunRecord, cpu_model
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
+from .activity import EFLActivityCheck
 from .config_checks import check_efl_hyperparameters, target_parameters
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .preemption import PreemptionCheckpointer
@@ -190,6 +191,7 @@ class Trainer(TrainerBase):
             # After the checkpointer: a failed evaluation leaves the checkpoint to debug with.
             EvalHook(cfg.train.eval_period, self._test_and_save_results),
             EFLSummaryLogger(cfg.train.log_period) if main else None,
+            EFLActivityCheck() if main else None,  # once: is EFL acting as focal loss?
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period) if main else None,
             # Last, every rank: on SIGTERM / SLURM's warning, checkpoint this iteration, exit.
             PreemptionCheckpointer(self.checkpointer, period, before_save=resume_state.capture),
@@ -316,6 +318,9 @@ class Trainer(TrainerBase):
             image_root=meta.get("image_root"),
             max_iter=self.max_iter,
             seed=self.cfg.train.get("seed", -1),
+            cpu=cpu_model(),
+            torch_threads=torch.get_num_threads(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
         ).write(self.cfg.train.output_dir)
 
 

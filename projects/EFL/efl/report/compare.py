@@ -175,6 +175,10 @@ def _check_runs(runs: Dict[str, List[Run]], labels: Sequence[str], warn) -> List
     every = runs[labels[0]] + runs[labels[1]]
     test_names = sorted({str(r.info.test_dataset) for r in every})
     test_jsons = sorted({str(r.info.test_json) for r in every})
+    machines = sorted({r.info.machine() for r in every if r.info.machine()})
+    if len(machines) > 1:
+        warn(f"the runs were trained on different machines ({'; '.join(machines)}): their "
+             "difference includes the machines' rounding, about a seed's spread")
     if len(test_names) > 1 or len(test_jsons) > 1:
         warn(f"the runs were evaluated on different data ({', '.join(test_names)}; "
              f"{', '.join(test_jsons)}): the comparison is not like for like")

@@ -6,7 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES
+from ..activity import LEAST_FREQUENT_LABEL, RARE_LABEL, focal_like_note, least_frequent_g
+from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES, RARE
 from .runs import METRICS, Run
 
 __all__ = ["format_table"]
@@ -35,12 +36,15 @@ def summarize_models(runs: Dict[str, List[Run]], labels: Sequence[str],
     for label in labels:
         models[label] = {"label": label, **_model_summary(runs[label], metrics), "runs": []}
         for run in runs[label]:
+            efl_groups = _group_state(run, groups)
             models[label]["runs"].append({
                 "name": run.name, "path": run.path, "seed": run.seed,
                 "iteration": run.iteration, "max_iter": run.info.max_iter,
                 "meta_architecture": run.info.meta_architecture,
                 "efl": run.info.efl, "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
-                "efl_groups": _group_state(run, groups), "label": label,
+                "efl_groups": efl_groups, "efl_note": _focal_like(run, efl_groups),
+                "machine": run.info.machine(),
+                "label": label,
             })
     base, efl = (models[lb] for lb in labels)
     return {"models": models,
@@ -68,6 +72,22 @@ def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
                 out[grp] = {"classes": int(mask.sum()), "g": float(g[mask].mean()),
                             "gamma": float(gamma[mask].mean())}
     return out
+
+
+def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
+    """:func:`efl.activity.focal_like_note` on the run's final state: the rare group's mean
+    g, or without groups the least frequent classes'."""
+    if run.efl_state is None or not run.info.efl:
+        return None
+    if efl_groups and RARE in efl_groups:
+        classes, g = RARE_LABEL, efl_groups[RARE]["g"]
+    elif "pos_grad" in run.efl_state:
+        classes, g = LEAST_FREQUENT_LABEL, least_frequent_g(run.efl_state["pos_neg"],
+                                                            run.efl_state["pos_grad"])
+    else:
+        return None
+    return focal_like_note(g, classes, run.info.efl["gamma_b"], run.info.efl["scale_factor"],
+                           f"at the end of training (iteration {run.iteration})")
 
 
 def fmt(x: float, signed: bool = False) -> str:
@@ -157,12 +177,23 @@ def summary_md(summary: dict, table: str) -> str:
     for lb in labels:
         for r in summary["models"][lb]["runs"]:
             rows.append([lb, r["name"], r["meta_architecture"] or "?",
-                         f"{r['iteration']}/{r['max_iter']}", f"`{r['path']}`"])
-    lines += [format_table(["model", "run", "architecture", "evaluated at / max_iter", "folder"],
-                           rows, "lllrl"), ""]
+                         f"{r['iteration']}/{r['max_iter']}", r.get("machine") or "not recorded",
+                         f"`{r['path']}`"])
+    lines += [format_table(["model", "run", "architecture", "evaluated at / max_iter",
+                            "trained on (CPU, kernels, threads)", "folder"], rows, "lllrll"),
+              "", "Runs repeat bitwise on the same processor type and thread count; on "
+              "another machine the rounding of CPU kernels differs and, over a long "
+              "training, shifts the numbers by about a seed's spread "
+              "(docs/reproducibility.md).", ""]
+    notes = [f"- {r['label']} {r['name']}: {r['efl_note']}" for lb in labels
+             for r in summary["models"][lb]["runs"] if r.get("efl_note")]
+    if notes and "efl_state_vs_instances.png" not in summary["plots"]:
+        lines += notes + [""]
     lines += ["## Plots", ""]
     for name in summary["plots"]:
         lines.append(f"![{name}]({name})")
+        if name == "efl_state_vs_instances.png" and notes:
+            lines += [""] + notes + [""]
     for name, why in summary["skipped_plots"].items():
         lines.append(f"- {name}: not drawn ({why})")
     if summary["warnings"]:
