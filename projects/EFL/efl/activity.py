@@ -67,7 +67,7 @@ def focal_like_note(g: Optional[float], classes: str, gamma_b: float, scale_fact
         "accumulated positive gradient over its negative gradient; it drops far below 1 only "
         "when each positive of a class is outweighed by many negatives for it: many anchors "
         "per image and a class present in few images (LVIS's rare classes: 1-10 of 100k "
-        "images, ~100k anchors per image). With fewer anchors per image or classes that are "
+        "images, over 100k anchors per image). With fewer anchors per image or classes that are "
         "not that rare, as here, there are too few negatives per rare positive and EFL and "
         "focal loss train almost alike. This is expected, not a bug (docs/reproducibility.md)."
     )
