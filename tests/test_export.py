@@ -141,7 +141,10 @@ def test_a_part_that_cannot_be_exported_is_named_and_nothing_is_written(tiny_dat
     model = _random_model("retinanet", tiny_dataset, tmp_path)
     model.head.cls_score = _KthValueConv(model.head.cls_score)
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match="model.head.cls_score uses aten::kthvalue, which has no ONNX"):
+    # Naming the part needs TorchScript's optimised executor, the default (conftest.py turns
+    # it off for the session; with it off the part is not found: see the issue-18 report).
+    with pytest.raises(ExportError, match="model.head.cls_score uses aten::kthvalue, which has no ONNX"), \
+            torch.jit.optimized_execution(True):
         export_detector(model, "onnx", str(out), torch.zeros(3, 64, 64))
     model.head.cls_score = _UntraceableConv(model.head.cls_score.conv)
     for fmt in FORMATS:

@@ -9,7 +9,7 @@ import torch
 
 from efl.errors import InputError
 from efl.losses import EqualizedFocalLoss, efl_gamma, efl_pos_neg, efl_weight
-from efl.records import BadRunFolder, MissingRunFile, RunRecord, efl_summary_key
+from efl.records import BadRunFolder, MissingRunFile, RunRecord, cpu_model, efl_summary_key
 
 INFO = {
     "meta_architecture": "EFLRetinaNet",
@@ -21,6 +21,9 @@ INFO = {
     "image_root": "/data/coco/",
     "max_iter": 90000,
     "seed": -1,
+    "cpu": "AMD EPYC (family 25, model 17, stepping 1)",
+    "torch_threads": 2,
+    "cpu_capability": "AVX512",
 }
 
 
@@ -33,10 +36,22 @@ def test_run_record_writes_the_format_old_folders_have(tmp_path):
 
 
 def test_run_record_reads_older_and_newer_folders(tmp_path):
-    info = {k: v for k, v in INFO.items() if k != "seed"}
+    info = {k: v for k, v in INFO.items() if k not in ("seed", "cpu", "torch_threads", "cpu_capability")}
     (tmp_path / "run_info.json").write_text(json.dumps({**info, "added_later": 1}))
     record = RunRecord.read(str(tmp_path))
     assert record.seed is None and record.max_iter == 90000 and record.efl["scale_factor"] == 8.0
+    assert record.cpu is None and record.machine() is None  # written before machines were
+
+
+def test_the_machine_a_run_trained_on_reads_as_one_line():
+    assert RunRecord(**INFO).machine() == "AMD EPYC (family 25, model 17, stepping 1), AVX512, 2 threads"
+    assert RunRecord(cpu="x86_64", torch_threads=1).machine() == "x86_64, 1 thread"
+    name = cpu_model()
+    assert name and name != "unknown" and "\n" not in name
+    with open("/proc/cpuinfo") as f:
+        model_names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    if model_names:  # Linux: the processor's own name comes first
+        assert name.startswith(" ".join(model_names[0].split()))
 
 
 @pytest.mark.parametrize("content, error, message", [

@@ -298,3 +298,67 @@ def test_cli_error_is_one_line_without_traceback(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and f"{tmp_path} has no run_info.json" in err and "Traceback" not in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_apfixed_columns_appear_only_when_results_hold_them(runs, report, tmp_path):
+    from efl.evaluation import FIXED_KEYS
+
+    _, rep = report  # the fixture's results have no APfixed: the six columns only
+    assert rep["metrics"] == list(METRICS)
+    assert "APfixed" not in rep["table"]
+    _, base, efl = runs
+    fixed = str(tmp_path / "efl_fixed")
+    shutil.copytree(efl[0], fixed)
+    with open(os.path.join(fixed, "results.json")) as f:
+        record = json.load(f)
+    values = dict(zip(FIXED_KEYS.values(), (16.5, 7.25, 11.0, 19.75)))
+    record["results"]["bbox"].update(values)
+    with open(os.path.join(fixed, "results.json"), "w") as f:
+        json.dump(record, f)
+    rep = build_report(base[:1], [fixed], str(tmp_path / "report"), num_images=0)
+    assert rep["metrics"] == list(METRICS) + list(FIXED_KEYS.values())
+    header, _, *rows = rep["table"].splitlines()[1:]
+    assert [c.strip() for c in header.strip("|").split("|")][3:] == rep["metrics"]
+    cells = {r.split("|")[1].strip() or "?": [c.strip() for c in r.strip("|").split("|")][3:]
+             for r in rows}
+    assert cells["EFL"][len(METRICS):] == [f"{v:.2f}" for v in values.values()]
+    assert cells["focal"][len(METRICS):] == ["n/a"] * 4  # the baseline's results lack it
+    with open(os.path.join(tmp_path, "report", "summary.md")) as f:
+        assert "APfixed (and its r/c/f parts)" in f.read()
+
+
+def test_the_efl_activity_note_and_the_machine_stand_in_the_report(runs, report, tmp_path):
+    from efl.activity import FOCAL_LIKE_G
+
+    out, rep = report  # the fixture's EFL runs: rare g ~0.2-0.3, EFL is at work: no note
+    assert all(r["efl_note"] is None for r in rep["models"]["EFL"]["runs"])
+    with open(os.path.join(out, "summary.md")) as f:
+        md = f.read()
+    assert "acting almost as focal loss" not in md and "not recorded" in md
+    _, base, efl = runs
+    near_one = str(tmp_path / "efl_near_one")
+    shutil.copytree(efl[0], near_one)
+    path = os.path.join(near_one, "model_final.pth")
+    ckpt = torch.load(path, weights_only=True)
+    state = ckpt["model"]
+    state["efl.pos_neg"] = torch.full_like(state["efl.pos_neg"], 0.95)
+    state["efl.pos_grad"] = 0.95 * state["efl.neg_grad"]
+    torch.save(ckpt, path)
+    info_path = os.path.join(near_one, "run_info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    info.update(cpu="AMD EPYC (family 25, model 17, stepping 1)", torch_threads=2,
+                cpu_capability="AVX512")
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    rep = build_report(base[:1], [near_one], str(tmp_path / "report"), num_images=0)
+    note = rep["models"]["EFL"]["runs"][0]["efl_note"]
+    assert note.startswith("EFL is acting almost as focal loss here: at the end of training")
+    assert "rare classes' mean g is 0.950" in note and f">= {FOCAL_LIKE_G}" in note
+    assert rep["models"]["EFL"]["runs"][0]["machine"] == (
+        "AMD EPYC (family 25, model 17, stepping 1), AVX512, 2 threads")
+    with open(os.path.join(tmp_path, "report", "summary.md")) as f:
+        lines = f.read().splitlines()
+    plot = lines.index("![efl_state_vs_instances.png](efl_state_vs_instances.png)")
+    assert lines[plot + 2] == f"- EFL seed 0: {note}"  # beside the state plot
+    assert any("AMD EPYC (family 25, model 17, stepping 1), AVX512, 2 threads" in x for x in lines)

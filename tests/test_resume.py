@@ -137,7 +137,7 @@ def test_init_from_stock_retinanet_checkpoint_says_efl_starts_fresh(tiny_dataset
     path = str(tmp_path / "stock_retinanet.pth")
     torch.save({"model": focal.state_dict()}, path)
     model = Trainer.build_model(tiny_lazy_config("efl", tiny_dataset, str(tmp_path)))
-    with caplog.at_level(logging.INFO, logger="efl"):
+    with caplog.at_level(logging.INFO, logger="efl.checkpoint"):
         EFLCheckpointer(model, str(tmp_path / "out")).resume_or_load(path, resume=False)
     assert f"EFL state not in checkpoint {path}: efl starts from g = 1 (focal loss)" in caplog.text
     assert torch.equal(model.efl.pos_neg, torch.ones(TINY_CLASSES))
@@ -153,7 +153,7 @@ def test_init_from_checkpoint_with_other_class_count(efl_checkpoint, tiny_datase
 
     model = instantiate(cfg.model)
     path = os.path.join(out, "model_final.pth")
-    with caplog.at_level(logging.INFO, logger="efl"):
+    with caplog.at_level(logging.INFO, logger="efl.checkpoint"):
         EFLCheckpointer(model, str(tmp_path / "out")).resume_or_load(path, resume=False)
     text = caplog.text
     assert f"EFL state in checkpoint {path} is for {TINY_CLASSES} classes, the model has " \

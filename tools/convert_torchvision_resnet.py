@@ -30,7 +30,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from efl.checkpoint import atomic_write
+    from efl.io import atomic_write
     from efl.convert import read_checkpoint_file, torchvision_to_detectron2_file
     from efl.errors import InputError
 

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from detectron2.config import LazyConfig, instantiate
 
-    from efl.checkpoint import atomic_write
+    from efl.io import atomic_write
     from efl.convert import convert_up, read_checkpoint_file, up_state_dict
     from efl.convert.resnet import source_layout
     from efl.engine.config_checks import apply_overrides

@@ -112,7 +112,13 @@ def main(argv=None):
     labels = LABELS.get(args.detector, ("focal", "EFL"))
     report = build_report(runs["focal"], runs["efl"], report_dir, labels=labels)
     print(f"\n[demo] report: {report_dir} ({', '.join(sorted(os.listdir(report_dir)))})")
-    print(f"[demo] wall time: {(time.time() - start) / 60:.1f} min\n")
+    print(f"[demo] wall time: {(time.time() - start) / 60:.1f} min")
+    for model in report["models"].values():
+        for run in model["runs"]:
+            print(f"[demo] {model['label']} {run['name']} trained on: {run['machine']}")
+            if run["efl_note"]:
+                print(f"[demo] {model['label']} {run['name']}: {run['efl_note']}")
+    print()
     print(report["table"])
 
 

@@ -15,7 +15,7 @@
 
 import logging
 import os
-from typing import Callable, List
+from typing import List
 
 import torch
 
@@ -23,38 +23,12 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .convert import adapt_checkpoint
 from .errors import CheckpointError
+from .io import atomic_write, temporary_pid
 from .losses import GradientStatisticsLoss
 
-__all__ = ["EFLCheckpointer", "atomic_write"]
+__all__ = ["EFLCheckpointer"]
 
 logger = logging.getLogger(__name__)
-
-_TMP_MARK = ".tmp-"
-
-
-def atomic_write(path: str, write: Callable) -> None:
-    """Call ``write(f)`` on a temporary binary file next to ``path``, then rename it to
-    ``path``: readers see the old file or the complete new one, never a partial one."""
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    try:  # make the rename itself durable (power loss); not needed against kills
-        fd = os.open(folder or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -99,13 +73,8 @@ class EFLCheckpointer(DetectionCheckpointer):
         if not self.save_to_disk or not self.save_dir or not os.path.isdir(self.save_dir):
             return
         for entry in os.scandir(self.save_dir):
-            if not (entry.name.startswith(".") and _TMP_MARK in entry.name):
-                continue
-            try:
-                pid = int(entry.name.rsplit(_TMP_MARK, 1)[1])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not _pid_alive(pid):
+            pid = temporary_pid(entry.name)
+            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
                 self.logger.info(f"Removing {entry.path}, left by an interrupted save")
                 os.remove(entry.path)
 

@@ -6,7 +6,6 @@ detections come back in the original image's pixels, as in evaluation.
 """
 
 import glob
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
-from .checkpoint import atomic_write
 from .errors import InputError
+from .io import write_json_atomic
 
 __all__ = ["IMAGE_EXTENSIONS", "expand_inputs", "class_metadata", "Predictor", "PredictionRun",
            "no_images_error"]
@@ -149,7 +148,7 @@ class PredictionRun:
     def finish(self) -> str:
         """Write ``predictions.json``; returns its path."""
         path = os.path.join(self.output_dir, "predictions.json")
-        atomic_write(path, lambda f: f.write(json.dumps(self.results).encode()))
+        write_json_atomic(path, self.results, indent=None)
         return path
 
 

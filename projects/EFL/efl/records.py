@@ -7,10 +7,12 @@ Writers (the trainer, the loss) and readers (the training log, ``efl.report``,
 
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional
 
 from .errors import InputError
+from .io import write_json_atomic
 
 __all__ = [
     "FREQUENCY_GROUPS",
@@ -24,6 +26,7 @@ __all__ = [
     "efl_summary_key",
     "RUN_INFO",
     "RunRecord",
+    "cpu_model",
     "MissingRunFile",
     "BadRunFolder",
     "need_file",
@@ -42,6 +45,26 @@ def efl_summary_key(stat: str, group: str) -> str:
     """The EventStorage / metrics.json name of a group mean of the EFL state, e.g.
     ``efl/pos_neg_r``: ``stat`` in :data:`EFL_STATS`, ``group`` in :data:`SUMMARY_GROUPS`."""
     return f"efl/{stat}_{group}"
+
+
+def cpu_model() -> str:
+    """The processor: ``model name`` of /proc/cpuinfo (Linux) with its family / model /
+    stepping (a virtual machine's name may be as vague as "AMD EPYC"), e.g.
+    "AMD EPYC (family 25, model 17, stepping 1)"; else what ``platform`` knows ("x86_64")."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor is enough
+                info.setdefault(key.strip(), " ".join(value.split()))
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    ids = [f"{k.replace('cpu ', '')} {info[k]}" for k in ("cpu family", "model", "stepping")
+           if info.get(k)]
+    return f"{name} ({', '.join(ids)})" if ids else name
 
 
 class MissingRunFile(InputError, FileNotFoundError):
@@ -87,14 +110,26 @@ class RunRecord:
     image_root: Optional[str] = None
     max_iter: Optional[int] = None
     seed: Optional[int] = None  # train.seed; -1 (or negative): not seeded
+    # What varies across machines: CPU math kernels round differently on other processors
+    # and with other thread counts, so runs repeat bitwise only on the same pair.
+    cpu: Optional[str] = None  # cpu_model() of the machine that trained
+    torch_threads: Optional[int] = None  # torch.get_num_threads() in the training process
+    cpu_capability: Optional[str] = None  # the kernels torch dispatches to, e.g. "AVX512"
 
     def write(self, folder: str) -> None:
         """Write ``folder/run_info.json`` atomically (indented JSON, fields in order)."""
-        from .checkpoint import atomic_write  # checkpoint imports losses, which import this
-
         os.makedirs(folder, exist_ok=True)
-        text = json.dumps(asdict(self), indent=2, default=float)
-        atomic_write(os.path.join(folder, RUN_INFO), lambda f: f.write(text.encode()))
+        write_json_atomic(os.path.join(folder, RUN_INFO), asdict(self))
+
+    def machine(self) -> Optional[str]:
+        """"<cpu>, <cpu_capability>, <n> threads" (what the run's bits depend on), or None
+        for a folder written before these fields existed."""
+        if self.cpu is None:
+            return None
+        parts = [self.cpu] + ([self.cpu_capability] if self.cpu_capability else [])
+        if self.torch_threads is not None:
+            parts.append(f"{self.torch_threads} thread{'s' if self.torch_threads != 1 else ''}")
+        return ", ".join(parts)
 
     @classmethod
     def read(cls, folder: str) -> "RunRecord":

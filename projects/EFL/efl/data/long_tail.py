@@ -26,6 +26,7 @@ from collections import Counter
 from typing import Dict, List, Optional
 
 from ..errors import DatasetFormatError
+from ..io import write_json_atomic
 from .synthetic import frequency_group
 
 __all__ = ["convert_long_tail", "format_summary", "read_annotation_file"]
@@ -199,10 +200,7 @@ def convert_long_tail(train_json: str, val_json: str, image_root: str, out_dir: 
     for split, data, path in (("train", train, train_json), ("val", val, val_json)):
         out = _convert_split(path, data, cat_map, cats, exhaustive, split == "train",
                              image_root, summary[split])
-        tmp = outputs[split] + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f)
-        os.replace(tmp, outputs[split])
+        write_json_atomic(outputs[split], out, indent=None)
     return summary
 
 

@@ -5,6 +5,11 @@ datasets prepared (generated, checked, their metadata filled in), the training l
 the data stream it continues (on ``--resume``, the checkpoint's seed), and the schedule
 (``train.max_iter``, or ``train.epochs`` resolved from that loader). The Trainer takes the
 plan; nothing writes back into the config.
+
+With ``train.seed`` >= 0, :func:`plan_run` seeds the process's generators (as Detectron2's
+``default_setup`` does, seed + rank) before it draws anything: the data-stream seed and
+the model's initial weights then follow from the config alone, however the Trainer is
+built (``train_net.py``, or ``Trainer(cfg)`` in a notebook or a test after other work).
 """
 
 import logging
@@ -16,11 +21,14 @@ import numpy as np
 import torch
 
 from detectron2.config import instantiate
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError
 
-__all__ = ["RunPlan", "plan_run", "dataset_names", "prepare_run_datasets", "last_checkpoint"]
+__all__ = ["RunPlan", "plan_run", "seed_run", "dataset_names", "prepare_run_datasets",
+           "last_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +72,22 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
         return None
 
 
+def seed_run(train) -> None:
+    """Seed python, numpy and torch (and ``PYTHONHASHSEED``) with ``train.seed`` + rank, as
+    ``default_setup`` does; a negative or missing seed leaves the generators as they are."""
+    seed = train.get("seed", -1)
+    if seed is not None and seed >= 0:
+        seed_all_rng(seed + comm.get_rank())
+
+
 def plan_run(cfg, resume: bool = False) -> RunPlan:
-    """Prepare the datasets, build the training loader and resolve the schedule.
+    """Seed the generators (:func:`seed_run`), prepare the datasets, build the training
+    loader and resolve the schedule.
 
     With ``resume`` and a ``last_checkpoint`` in ``train.output_dir``, the loader continues
     that checkpoint's data stream, and ``train.epochs`` is resolved from that stream.
     """
+    seed_run(cfg.train)  # before the loader draws its stream's seed and the model its weights
     prepare_run_datasets(cfg)
     loader = instantiate(cfg.dataloader.train)
     resume_from = last_checkpoint(cfg.train.output_dir) if resume else None

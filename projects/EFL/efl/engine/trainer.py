@@ -35,13 +35,15 @@ from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 
 from .. import compat
-from ..checkpoint import EFLCheckpointer, atomic_write
+from ..checkpoint import EFLCheckpointer
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError, InputError, TrainingDiverged
+from ..io import write_json_atomic
 from ..losses import attach_grad_scaler
-from ..records import RunRecord
+from ..records import RunRecord, cpu_model
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
+from .activity import EFLActivityCheck
 from .config_checks import check_efl_hyperparameters, target_parameters
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .preemption import PreemptionCheckpointer
@@ -203,6 +205,7 @@ class Trainer(TrainerBase):
             # After the checkpointer: a failed evaluation leaves the checkpoint to debug with.
             EvalHook(cfg.train.eval_period, self._test_and_save_results),
             EFLSummaryLogger(cfg.train.log_period) if main else None,
+            EFLActivityCheck() if main else None,  # once: is EFL acting as focal loss?
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period) if main else None,
             # Last, every rank: on SIGTERM / SLURM's warning, checkpoint this iteration, exit.
             PreemptionCheckpointer(self.checkpointer, period, before_save=resume_state.capture),
@@ -310,7 +313,7 @@ class Trainer(TrainerBase):
         if comm.is_main_process():
             done = min(self.iter + 1, self.max_iter)  # self.iter is max_iter in after_train
             record = {"iteration": done, "results": self._last_eval_results}
-            _write_json_atomic(os.path.join(self.cfg.train.output_dir, "results.json"), record)
+            write_json_atomic(os.path.join(self.cfg.train.output_dir, "results.json"), record)
         return self._last_eval_results
 
     def _write_run_info(self):
@@ -332,6 +335,9 @@ class Trainer(TrainerBase):
             image_root=meta.get("image_root"),
             max_iter=self.max_iter,
             seed=self.cfg.train.get("seed", -1),
+            cpu=cpu_model(),
+            torch_threads=torch.get_num_threads(),
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
         ).write(self.cfg.train.output_dir)
 
 
@@ -345,10 +351,6 @@ def _check_num_classes(model, train_names):
             f"has {len(classes)} categories. Set model.num_classes={len(classes)} (e.g. as "
             f"a command-line override: model.num_classes={len(classes)})."
         )
-
-
-def _write_json_atomic(path, obj):
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=float).encode()))
 
 
 def _drop_metrics_after(path: str, iteration: int) -> None:

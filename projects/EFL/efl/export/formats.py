@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import atomic_write
+from ..io import atomic_write
 from .adapter import (Detections, ExportError, detections, inference_model, locate_failure,
                       tracing_adapter)
 

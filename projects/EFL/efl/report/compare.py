@@ -29,7 +29,7 @@ import uuid
 from typing import Dict, List, Sequence
 
 from .plots import draw_plots
-from .runs import METRICS, Run, class_groups, load_gt, load_run
+from .runs import Run, class_groups, load_gt, load_run, shown_metrics
 from .tables import jsonable, main_table, summarize_models, summary_md
 
 __all__ = ["REPORT_FILES", "build_report"]
@@ -88,6 +88,7 @@ def build_report(
     runs = {label: _read_runs(label, d, num_images > 0, warn) for label, d in zip(labels, dirs)}
     test_names = _check_runs(runs, labels, warn)
     first = runs[labels[0]][0]
+    metrics = shown_metrics(runs[labels[0]] + runs[labels[1]])
     test_json = first.info.test_json
     gt = None
     if test_json and os.path.isfile(test_json):
@@ -107,8 +108,8 @@ def build_report(
             "labels": list(labels),
             "test_dataset": test_names[0] if len(test_names) == 1 else " / ".join(test_names),
             "test_json": test_json,
-            "metrics": list(METRICS),
-            **summarize_models(runs, labels, class_groups(gt, first.info.num_classes)),
+            "metrics": list(metrics),
+            **summarize_models(runs, labels, class_groups(gt, first.info.num_classes), metrics),
             "plots": [],
             "skipped_plots": {},
             "warnings": warnings,
@@ -174,6 +175,10 @@ def _check_runs(runs: Dict[str, List[Run]], labels: Sequence[str], warn) -> List
     every = runs[labels[0]] + runs[labels[1]]
     test_names = sorted({str(r.info.test_dataset) for r in every})
     test_jsons = sorted({str(r.info.test_json) for r in every})
+    machines = sorted({r.info.machine() for r in every if r.info.machine()})
+    if len(machines) > 1:
+        warn(f"the runs were trained on different machines ({'; '.join(machines)}): their "
+             "difference includes the machines' rounding, about a seed's spread")
     if len(test_names) > 1 or len(test_jsons) > 1:
         warn(f"the runs were evaluated on different data ({', '.join(test_names)}; "
              f"{', '.join(test_jsons)}): the comparison is not like for like")

@@ -8,19 +8,30 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..evaluation.lvis_eval import FIXED_KEYS
 from ..losses import efl_gamma, efl_pos_neg
 from ..records import (COMMON, RARE, BadRunFolder, MissingRunFile, RunRecord, need_file,
                        read_json)
 
-__all__ = ["METRICS", "Run", "load_run", "read_metrics", "load_gt", "class_groups"]
+__all__ = ["METRICS", "shown_metrics", "Run", "load_run", "read_metrics", "load_gt", "class_groups"]
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP", "AP50", "AP75", "APr", "APc", "APf")  # box metrics of results.json
+
+
+def shown_metrics(runs: Iterable["Run"]) -> Tuple[str, ...]:
+    """The report's columns: :data:`METRICS`, then APfixed and its groups
+    (``efl.evaluation.FIXED_KEYS``) when any run's results hold them (n/a for a run that
+    does not)."""
+    runs = list(runs)
+    return METRICS + tuple(k for k in FIXED_KEYS.values() if any(k in r.bbox for r in runs))
+
+
 DETECTIONS_FILE = os.path.join("inference", "lvis_instances_results.json")
 
 

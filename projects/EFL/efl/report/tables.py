@@ -6,7 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES
+from ..activity import LEAST_FREQUENT_LABEL, RARE_LABEL, focal_like_note, least_frequent_g
+from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES, RARE
 from .runs import METRICS, Run
 
 __all__ = ["format_table"]
@@ -27,30 +28,34 @@ def _stats(values: Sequence[float]) -> Dict[str, float]:
 
 
 def summarize_models(runs: Dict[str, List[Run]], labels: Sequence[str],
-                     groups: Optional[List[str]]) -> dict:
+                     groups: Optional[List[str]], metrics: Sequence[str] = METRICS) -> dict:
     """``{"models": {label: statistics and runs}, "difference": {metric: EFL - baseline of
-    the means}}``; ``groups``: the r/c/f group of every class (None: unknown)."""
+    the means}}``; ``groups``: the r/c/f group of every class (None: unknown); ``metrics``:
+    the columns (``runs.shown_metrics``), NaN for a run whose results lack one."""
     models = {}
     for label in labels:
-        models[label] = {"label": label, **_model_summary(runs[label]), "runs": []}
+        models[label] = {"label": label, **_model_summary(runs[label], metrics), "runs": []}
         for run in runs[label]:
+            efl_groups = _group_state(run, groups)
             models[label]["runs"].append({
                 "name": run.name, "path": run.path, "seed": run.seed,
                 "iteration": run.iteration, "max_iter": run.info.max_iter,
                 "meta_architecture": run.info.meta_architecture,
-                "efl": run.info.efl, "bbox": dict(run.bbox),
-                "efl_groups": _group_state(run, groups), "label": label,
+                "efl": run.info.efl, "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
+                "efl_groups": efl_groups, "efl_note": _focal_like(run, efl_groups),
+                "machine": run.info.machine(),
+                "label": label,
             })
     base, efl = (models[lb] for lb in labels)
     return {"models": models,
-            "difference": {m: efl["mean"][m] - base["mean"][m] for m in METRICS}}
+            "difference": {m: efl["mean"][m] - base["mean"][m] for m in metrics}}
 
 
-def _model_summary(runs: List[Run]) -> dict:
-    per_metric = {m: _stats([r.bbox[m] for r in runs]) for m in METRICS}
+def _model_summary(runs: List[Run], metrics: Sequence[str]) -> dict:
+    per_metric = {m: _stats([r.bbox.get(m, math.nan) for r in runs]) for m in metrics}
     return {
         "n": len(runs),
-        **{s: {m: per_metric[m][s] for m in METRICS} for s in ("mean", "std", "min", "max")},
+        **{s: {m: per_metric[m][s] for m in metrics} for s in ("mean", "std", "min", "max")},
     }
 
 
@@ -69,6 +74,22 @@ def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
     return out
 
 
+def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
+    """:func:`efl.activity.focal_like_note` on the run's final state: the rare group's mean
+    g, or without groups the least frequent classes'."""
+    if run.efl_state is None or not run.info.efl:
+        return None
+    if efl_groups and RARE in efl_groups:
+        classes, g = RARE_LABEL, efl_groups[RARE]["g"]
+    elif "pos_grad" in run.efl_state:
+        classes, g = LEAST_FREQUENT_LABEL, least_frequent_g(run.efl_state["pos_neg"],
+                                                            run.efl_state["pos_grad"])
+    else:
+        return None
+    return focal_like_note(g, classes, run.info.efl["gamma_b"], run.info.efl["scale_factor"],
+                           f"at the end of training (iteration {run.iteration})")
+
+
 def fmt(x: float, signed: bool = False) -> str:
     """An AP value with two decimals; "n/a" when undefined."""
     if x is None or not math.isfinite(x):
@@ -76,23 +97,23 @@ def fmt(x: float, signed: bool = False) -> str:
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def _table_rows(models: List[dict], labels: Sequence[str]) -> List[List[str]]:
+def _table_rows(models: List[dict], labels: Sequence[str], metrics: Sequence[str]) -> List[List[str]]:
     rows = []
     for model in models:
         first = True
         for run in model["runs"]:
             rows.append([model["label"] if first else "", run["name"], str(run["iteration"])]
-                        + [fmt(run["bbox"][m]) for m in METRICS])
+                        + [fmt(run["bbox"][m]) for m in metrics])
             first = False
         if model["n"] > 1:
             rows.append(["", f"mean of {model['n']}", ""]
-                        + [fmt(model["mean"][m]) for m in METRICS])
+                        + [fmt(model["mean"][m]) for m in metrics])
             for stat in ("std", "min", "max"):
-                rows.append(["", stat, ""] + [fmt(model[stat][m]) for m in METRICS])
+                rows.append(["", stat, ""] + [fmt(model[stat][m]) for m in metrics])
     base, efl = models
     diff_name = "diff of means" if base["n"] > 1 or efl["n"] > 1 else "difference"
     rows.append([f"{labels[1]} - {labels[0]}", diff_name, ""]
-                + [fmt(efl["mean"][m] - base["mean"][m], signed=True) for m in METRICS])
+                + [fmt(efl["mean"][m] - base["mean"][m], signed=True) for m in metrics])
     return rows
 
 
@@ -116,8 +137,9 @@ def main_table(summary: dict) -> str:
     """The caption line and the AP table of every run, the statistics and the difference."""
     labels = summary["labels"]
     models = [summary["models"][labels[0]], summary["models"][labels[1]]]
-    header = ["model", "run", "iter", *METRICS]
-    table = format_table(header, _table_rows(models, labels), "llr" + "r" * len(METRICS))
+    metrics = summary["metrics"]
+    header = ["model", "run", "iter", *metrics]
+    table = format_table(header, _table_rows(models, labels, metrics), "llr" + "r" * len(metrics))
     caption = (f"Box AP (%) on {summary['test_dataset']}: {labels[0]} ({models[0]['n']} "
                f"run{'s' if models[0]['n'] > 1 else ''}) vs {labels[1]} ({models[1]['n']} "
                f"run{'s' if models[1]['n'] > 1 else ''})")
@@ -134,7 +156,9 @@ def summary_md(summary: dict, table: str) -> str:
              "class of that group in the evaluation set). iter: the iteration the run was "
              "evaluated at. With several runs: std is the sample standard deviation (n-1), "
              f"min/max over the runs. The last row is {labels[1]} minus {labels[0]} of the "
-             "means.", ""]
+             "means." + (" APfixed (and its r/c/f parts): AP with a fixed budget of "
+                         "detections per class instead of per image (Dave et al., 2021)."
+                         if "APfixed" in summary["metrics"] else ""), ""]
     states = [(r["label"], r["name"], r["efl_groups"]) for lb in labels
               for r in summary["models"][lb]["runs"] if r.get("efl_groups")]
     if states:
@@ -153,12 +177,23 @@ def summary_md(summary: dict, table: str) -> str:
     for lb in labels:
         for r in summary["models"][lb]["runs"]:
             rows.append([lb, r["name"], r["meta_architecture"] or "?",
-                         f"{r['iteration']}/{r['max_iter']}", f"`{r['path']}`"])
-    lines += [format_table(["model", "run", "architecture", "evaluated at / max_iter", "folder"],
-                           rows, "lllrl"), ""]
+                         f"{r['iteration']}/{r['max_iter']}", r.get("machine") or "not recorded",
+                         f"`{r['path']}`"])
+    lines += [format_table(["model", "run", "architecture", "evaluated at / max_iter",
+                            "trained on (CPU, kernels, threads)", "folder"], rows, "lllrll"),
+              "", "Runs repeat bitwise on the same processor type and thread count; on "
+              "another machine the rounding of CPU kernels differs and, over a long "
+              "training, shifts the numbers by about a seed's spread "
+              "(docs/reproducibility.md).", ""]
+    notes = [f"- {r['label']} {r['name']}: {r['efl_note']}" for lb in labels
+             for r in summary["models"][lb]["runs"] if r.get("efl_note")]
+    if notes and "efl_state_vs_instances.png" not in summary["plots"]:
+        lines += notes + [""]
     lines += ["## Plots", ""]
     for name in summary["plots"]:
         lines.append(f"![{name}]({name})")
+        if name == "efl_state_vs_instances.png" and notes:
+            lines += [""] + notes + [""]
     for name, why in summary["skipped_plots"].items():
         lines.append(f"- {name}: not drawn ({why})")
     if summary["warnings"]:

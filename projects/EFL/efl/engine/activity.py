@@ -1,0 +1,52 @@
+"""The trainer's one-time note when EFL is acting almost as focal loss (see
+:mod:`efl.activity` for the test, the threshold and the warm-up)."""
+
+import logging
+import math
+
+from detectron2.engine import HookBase
+
+from ..activity import (LEAST_FREQUENT_LABEL, RARE_LABEL, WARMUP_FRACTION, focal_like_note,
+                        least_frequent_g)
+from ..losses import EqualizedFocalLoss
+from ..records import RARE, efl_summary_key
+
+__all__ = ["EFLActivityCheck"]
+
+logger = logging.getLogger(__name__)
+
+
+class EFLActivityCheck(HookBase):
+    """Once, after :data:`efl.activity.WARMUP_FRACTION` of ``max_iter``: if the rare
+    classes' mean g (the loss's ``efl/pos_neg_r`` in the EventStorage; without frequency
+    groups, the least frequent classes' from the loss's state) is still close to 1, log in
+    plain words that EFL is acting almost as focal loss, and why. Models without
+    ``EqualizedFocalLoss`` are left alone. ``note``: the message, once logged."""
+
+    def __init__(self):
+        self.note = None
+        self._at = None
+
+    def before_train(self):
+        self._at = max(1, math.ceil(WARMUP_FRACTION * self.trainer.max_iter))
+
+    def after_step(self):
+        done = self.trainer.iter + 1
+        if done != self._at:  # exactly once; a run resumed later starts past it
+            return
+        model = self.trainer.model
+        model = getattr(model, "module", model)  # DistributedDataParallel
+        losses = [m for m in model.modules() if isinstance(m, EqualizedFocalLoss)]
+        if not losses:
+            return
+        efl = losses[0]
+        latest = self.trainer.storage.latest()
+        key = efl_summary_key("pos_neg", RARE)
+        if key in latest:
+            classes, g = RARE_LABEL, float(latest[key][0])
+        else:
+            classes, g = LEAST_FREQUENT_LABEL, least_frequent_g(efl.pos_neg.cpu(), efl.pos_grad.cpu())
+        self.note = focal_like_note(g, classes, efl.gamma_b, efl.scale_factor,
+                                    f"after {done} of {self.trainer.max_iter} iterations")
+        if self.note:
+            logger.info(self.note)
