@@ -8,7 +8,7 @@ from detectron2.engine import HookBase
 
 from ..activity import (LEAST_FREQUENT_LABEL, RARE_LABEL, WARMUP_FRACTION, focal_like_note,
                         least_frequent_g)
-from ..losses import EqualizedFocalLoss
+from ..losses import GradientStatisticsLoss
 from ..records import RARE, efl_summary_key
 
 __all__ = ["EFLActivityCheck"]
@@ -21,7 +21,7 @@ class EFLActivityCheck(HookBase):
     classes' mean g (the loss's ``efl/pos_neg_r`` in the EventStorage; without frequency
     groups, the least frequent classes' from the loss's state) is still close to 1, log in
     plain words that EFL is acting almost as focal loss, and why. Models without
-    ``EqualizedFocalLoss`` are left alone. ``note``: the message, once logged."""
+    an EFL or EQFL loss are left alone. ``note``: the message, once logged."""
 
     def __init__(self):
         self.note = None
@@ -36,7 +36,7 @@ class EFLActivityCheck(HookBase):
             return
         model = self.trainer.model
         model = getattr(model, "module", model)  # DistributedDataParallel
-        losses = [m for m in model.modules() if isinstance(m, EqualizedFocalLoss)]
+        losses = [m for m in model.modules() if isinstance(m, GradientStatisticsLoss)]
         if not losses:
             return
         efl = losses[0]
