@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernels import autocast_off, fused_equalized_focal_loss, raise_if_bad_targets
-from .records import ALL_CLASSES, FREQUENCY_GROUPS, efl_summary_key
+from .groups import ALL_CLASSES, FREQUENCY_GROUPS, efl_summary_key
 
 try:  # summaries go to Detectron2's EventStorage when one is open
     from detectron2.utils.events import get_event_storage
@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - the loss itself does not need Detectro
     get_event_storage = None
 
 __all__ = [
-    "GradientStatisticsLoss", "EqualizedFocalLoss", "attach_grad_scaler", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
+    "DenseClassificationLoss", "GradientStatisticsLoss", "statistics_losses", "EqualizedFocalLoss", "attach_grad_scaler", "equalized_focal_loss", "efl_pos_neg", "efl_gamma", "efl_weight",
     "FREQUENCY_GROUPS",
 ]
 
@@ -98,7 +98,27 @@ class _GradientStatisticsTap(torch.autograd.Function):
         return grad, None, None
 
 
-class GradientStatisticsLoss(nn.Module):
+class DenseClassificationLoss(nn.Module):
+    """The one interface of the dense detectors' classification losses (focal, QFL, EFL,
+    EQFL, and the long-tail baselines): a detector holds one as ``cls_loss`` and calls
+
+        loss = cls_loss(logits, targets, normalizer, quality=None)
+
+    with ``logits`` (M, K) of the valid anchors, ``targets`` (M, K) one-hot in {0, 1}
+    (bool or float; background rows all zero), ``normalizer`` a float or 0-dim tensor the
+    summed loss is divided by, and ``quality`` (M,) in [0, 1], the soft target of each
+    row's positive entry, for the losses whose class attribute ``needs_quality`` is True
+    (ignored by the others). Returns a 0-dim tensor.
+
+    ``num_classes`` is K. Losses with per-class state derive from
+    :class:`GradientStatisticsLoss`; find them with :func:`statistics_losses`.
+    """
+
+    needs_quality = False
+    num_classes: int
+
+
+class GradientStatisticsLoss(DenseClassificationLoss):
     """The state shared by EFL and EQFL: per-class cumulative gradient magnitudes and the
     focusing / weighting factors derived from them.
 
@@ -299,11 +319,18 @@ class GradientStatisticsLoss(nn.Module):
         storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)
 
 
+def statistics_losses(module: nn.Module) -> list:
+    """[(name, loss)] of every :class:`GradientStatisticsLoss` in ``module`` (itself
+    included, name ""), in ``named_modules`` order: the one way the checkpointer, hooks,
+    export loading, reports and GPU tools find a loss with state."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, GradientStatisticsLoss)]
+
+
 def attach_grad_scaler(model: nn.Module, scaler, commit_on_forward: bool = True) -> list:
     """``use_grad_scaler(scaler, commit_on_forward)`` on every EFL / EQFL module of
     ``model``; returns them (call their ``commit_statistics()`` after ``scaler.update()``
     when a step must be in the state before the next forward, e.g. before a checkpoint)."""
-    losses = [m for m in model.modules() if isinstance(m, GradientStatisticsLoss)]
+    losses = [m for _, m in statistics_losses(model)]
     for loss in losses:
         loss.use_grad_scaler(scaler, commit_on_forward)
     return losses

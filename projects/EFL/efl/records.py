@@ -1,5 +1,6 @@
 """What a run leaves for the tools that read it, named once: the run record
-(``run_info.json``), the EFL summary metric names and the LVIS frequency-group names.
+(``run_info.json``); the EFL summary metric names and the LVIS frequency-group names are
+:mod:`efl.groups`' (re-exported here).
 
 Writers (the trainer, the loss) and readers (the training log, ``efl.report``,
 ``tools/demo.py``) import these instead of spelling the names themselves.
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Optional
 
 from .errors import InputError
+from .groups import (ALL_CLASSES, COMMON, EFL_STATS, FREQUENCY_GROUPS, FREQUENT, GROUP_NAMES, RARE,
+                     SUMMARY_GROUPS, efl_summary_key)
 from .io import write_json_atomic
 
 __all__ = [
@@ -32,20 +35,6 @@ __all__ = [
     "need_file",
     "read_json",
 ]
-
-FREQUENCY_GROUPS = ("r", "c", "f")  # LVIS: rare (1-10 training images), common, frequent
-RARE, COMMON, FREQUENT = FREQUENCY_GROUPS
-GROUP_NAMES = dict(zip(FREQUENCY_GROUPS, ("rare", "common", "frequent")))
-ALL_CLASSES = "all"
-SUMMARY_GROUPS = (ALL_CLASSES,) + FREQUENCY_GROUPS
-EFL_STATS = ("pos_neg", "gamma")  # g and the focusing factor, as the loss names them
-
-
-def efl_summary_key(stat: str, group: str) -> str:
-    """The EventStorage / metrics.json name of a group mean of the EFL state, e.g.
-    ``efl/pos_neg_r``: ``stat`` in :data:`EFL_STATS`, ``group`` in :data:`SUMMARY_GROUPS`."""
-    return f"efl/{stat}_{group}"
-
 
 def cpu_model() -> str:
     """The processor: ``model name`` of /proc/cpuinfo (Linux) with its family / model /
