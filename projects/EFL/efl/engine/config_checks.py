@@ -3,11 +3,11 @@
 - :func:`load_config`: the config file exists and every command-line override names an
   existing key (``LazyConfig.apply_overrides`` silently adds unknown ones, so a typo such as
   ``train.max_iterr=5`` would be ignored); a key that a LazyCall node does not list but its
-  target accepts as an argument (e.g. ``model.efl.implementation``) is accepted;
+  target accepts as an argument (e.g. ``model.cls_loss.implementation``) is accepted;
 - :func:`check_device`: ``train.device`` exists on this machine (a GPU config on a machine
   without CUDA would otherwise fail deep inside torch, after the model is built);
-- :func:`check_efl_hyperparameters`: every ``EqualizedFocalLoss`` node's hyper-parameters
-  are in range (the loss's own checks, reported with the key, e.g. model.efl.scale_factor).
+- :func:`check_efl_hyperparameters`: every classification-loss node's hyper-parameters
+  are in range (the loss's own checks, reported with the key, e.g. model.cls_loss.scale_factor).
 """
 
 import difflib
@@ -22,8 +22,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 
 from ..errors import ConfigError
-from ..losses import EqualizedFocalLoss
-from ..quality_loss import EqualizedQualityFocalLoss
+from ..losses import DenseClassificationLoss
 
 __all__ = ["load_config", "apply_overrides", "check_device", "check_efl_hyperparameters"]
 
@@ -66,7 +65,7 @@ def apply_overrides(cfg, overrides: Sequence[str]):
         except HydraException as e:
             raise ConfigError(
                 f"Cannot parse the override {text!r} ({str(e).splitlines()[0]}). Overrides are "
-                "key=value, e.g. train.max_iter=100 or 'model.efl.alpha=0.25'."
+                "key=value, e.g. train.max_iter=100 or 'model.cls_loss.alpha=0.25'."
             ) from None
         _check_key(cfg, override.key_or_group, text)
         LazyConfig.apply_overrides(cfg, [text])
@@ -131,16 +130,18 @@ def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
 
 
 def check_efl_hyperparameters(cfg) -> None:
-    """Instantiate-time ValueErrors of ``EqualizedFocalLoss`` /
-    ``EqualizedQualityFocalLoss``, raised now, with the key."""
+    """Instantiate-time ValueErrors of the classification losses (every
+    :class:`efl.losses.DenseClassificationLoss` node: EFL, EQFL, focal, QFL), raised now,
+    with the key."""
     for path, node in _lazy_nodes(cfg):
         target = node._target_
         loss_cls = locate(target) if isinstance(target, str) else target
-        if loss_cls not in (EqualizedFocalLoss, EqualizedQualityFocalLoss):
+        if not (isinstance(loss_cls, type) and issubclass(loss_cls, DenseClassificationLoss)):
             continue
         parameters = inspect.signature(loss_cls).parameters
         defaults = {n: p.default for n, p in parameters.items()}
-        names = [n for n in ("gamma_b", "scale_factor", "alpha", "implementation") if n in parameters]
+        names = [n for n, p in parameters.items() if n not in ("num_classes", "class_groups")
+                 and isinstance(p.default, (int, float, str))]
         given = {n: node[n] for n in names if n in node}
         try:
             loss_cls(1, **given)
