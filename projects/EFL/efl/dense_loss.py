@@ -38,6 +38,10 @@ class DenseClassificationLoss(nn.Module):
         """The loss's hyperparameters by name (what the run record keeps)."""
         return {}
 
+    def extra_repr(self) -> str:
+        values = {"num_classes": self.num_classes, **self.hyperparameters()}
+        return ", ".join(f"{k}={v}" for k, v in values.items())
+
     def describe(self) -> dict:
         """``{"name": <class name>, **hyperparameters}``: the run record's ``cls_loss``."""
         return {"name": type(self).__name__, **self.hyperparameters()}

@@ -59,9 +59,6 @@ class SigmoidFocalLoss(DenseClassificationLoss):
     def hyperparameters(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma}
 
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, alpha={self.alpha}, gamma={self.gamma}"
-
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,
                 quality: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -91,9 +88,6 @@ class QualityFocalLoss(DenseClassificationLoss):
 
     def hyperparameters(self) -> dict:
         return {"beta": self.beta}
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, beta={self.beta}"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,

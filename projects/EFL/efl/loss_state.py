@@ -158,12 +158,6 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         """(K,) weighting factor of each class from the current state."""
         return efl_weight(self.pos_neg, self.gamma_b, self.scale_factor)
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}"
-        )
-
     def hyperparameters(self) -> dict:
         return {"gamma_b": self.gamma_b, "scale_factor": self.scale_factor}
 
