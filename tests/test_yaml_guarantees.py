@@ -120,3 +120,34 @@ def test_bad_override_is_one_paragraph_and_exit_2(tiny_dataset, tmp_path):
                               dataset_root=dataset_root(tiny_dataset))
     assert code == 2, output[-3000:]
     assert "ERROR:" in output and "SOLVER.NO_SUCH_KEY" in output and "Traceback" not in output
+
+
+def test_a_default_trainer_subclass_gets_the_guarantees(tiny_dataset, tmp_path):
+    """docs/yaml-route.md's example: Detectron2's stock DefaultTrainer plus two calls."""
+    from detectron2.engine import DefaultTrainer, hooks
+
+    from efl.checkpoint import EFLCheckpointer
+    from efl.engine import (GradScalerCommit, PreemptionCheckpointer, ResumeState,
+                            register_run_guarantees, resume_or_load)
+    from efl.engine.activity import EFLActivityCheck
+
+    class MyTrainer(DefaultTrainer):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            register_run_guarantees(self, cfg.SOLVER.CHECKPOINT_PERIOD)
+
+        def resume_or_load(self, resume=True):
+            resume_or_load(self, self.cfg.MODEL.WEIGHTS, resume)
+
+    cfg = tiny_yaml_config(CONFIG, tiny_dataset, str(tmp_path))
+    cfg.DATASETS.TEST = ()
+    trainer = MyTrainer(cfg)
+    kinds = [type(h) for h in trainer._hooks]
+    periodic = kinds.index(hooks.PeriodicCheckpointer)
+    assert kinds.index(GradScalerCommit) < kinds.index(ResumeState) < periodic
+    assert kinds[-2:] == [EFLActivityCheck, PreemptionCheckpointer]
+    assert isinstance(trainer.checkpointer, EFLCheckpointer)
+    assert trainer._hooks[periodic].checkpointer is trainer.checkpointer
+    assert trainer.checkpointer.checkpointables["trainer"] is not None
+    trainer.resume_or_load(resume=True)  # nothing to resume: starts at 0
+    assert trainer.start_iter == 0
