@@ -92,7 +92,10 @@ def register_run_guarantees(trainer, checkpoint_period: int) -> List[HookBase]:
     its own hooks: the scaler, resume-state and state-check hooks go before its first
     ``PeriodicCheckpointer`` or ``EvalHook`` (the same place on every rank), the activity
     note and preemption last. ``checkpoint_period``: the ``PeriodicCheckpointer``'s
-    (``SOLVER.CHECKPOINT_PERIOD``, ``train.checkpointer.period``). Returns the hooks."""
+    (``SOLVER.CHECKPOINT_PERIOD``, ``train.checkpointer.period``). Returns the hooks
+    (none if they are registered already, e.g. by a base class)."""
+    if any(isinstance(h, PreemptionCheckpointer) for h in trainer._hooks):
+        return []
     checkpointer = use_atomic_checkpointer(trainer)
     resume_state = ResumeState(checkpoint_period)
     early = [GradScalerCommit(), resume_state,
