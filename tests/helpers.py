@@ -42,18 +42,28 @@ def shrink_to_tiny(cfg, prefix: str, output_dir: str):
 
 
 def tiny_yaml_config(name: str, prefix: str, output_dir: str, max_iter: int = 4):
-    """configs/yaml/<name>.yaml on CPU, shrunk to the tiny dataset ``prefix``: R-18 with
-    BN, 64 FPN channels (GroupNorm(32) needs 2 per group on a 1x1 P7), one conv per head
-    tower, 96 px images, batch 2, ``max_iter`` iterations, evaluation on ``<prefix>_val``
-    at the end only."""
+    """configs/yaml/<name>.yaml with :func:`tiny_yaml_opts`, as a config."""
     from detectron2.config import get_cfg
 
     from efl import add_atss_config
 
     cfg = get_cfg()
     add_atss_config(cfg)  # MODEL.ATSS and MODEL.EFL (add_efl_config)
-    cfg.merge_from_file(os.path.join(ROOT, f"configs/yaml/{name}.yaml"))
-    cfg.merge_from_list([
+    cfg.merge_from_file(yaml_config_file(name))
+    cfg.merge_from_list(tiny_yaml_opts(prefix, output_dir, max_iter))
+    return cfg
+
+
+def yaml_config_file(name: str) -> str:
+    return os.path.join(ROOT, f"configs/yaml/{name}.yaml")
+
+
+def tiny_yaml_opts(prefix: str, output_dir: str, max_iter: int = 4):
+    """Overrides (``merge_from_list`` / command line) that put a configs/yaml/ file on CPU,
+    shrunk to the tiny dataset ``prefix``: R-18 with BN, 64 FPN channels (GroupNorm(32)
+    needs 2 per group on a 1x1 P7), one conv per head tower, 96 px images, batch 2,
+    ``max_iter`` iterations, evaluation on ``<prefix>_val`` at the end only."""
+    return [
         "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
         "MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0",
@@ -68,5 +78,4 @@ def tiny_yaml_config(name: str, prefix: str, output_dir: str, max_iter: int = 4)
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
         "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", output_dir,
-    ])
-    return cfg
+    ]

@@ -165,9 +165,14 @@ def test_trainer_amp_path_keeps_the_state_unscaled(tiny_dataset, tmp_path, monke
 
 
 def _steps(trainer, skip=None):
-    """Trainer.run_step over max_iter iterations without hooks; `skip`: that iteration's
+    """Trainer.run_step (and the GradScalerCommit hook) over max_iter iterations without the
+    other hooks; `skip`: that iteration's
     batch only goes forward, without gradient (what the scaler leaves of an overflow
     step: RetinaNet's forward still moves its loss-normaliser average)."""
+    from efl.engine import GradScalerCommit
+
+    commit = [h for h in trainer._hooks if isinstance(h, GradScalerCommit)]
+    assert len(commit) == 1
     with EventStorage(0) as storage:
         trainer.storage = storage
         for it in range(trainer.max_iter):
@@ -177,4 +182,5 @@ def _steps(trainer, skip=None):
                     trainer.model(next(trainer._trainer._data_loader_iter))
                 continue
             trainer.run_step()
+            commit[0].after_step()  # the hook's part of a step: the scaler's verdict is known
             storage.iter = it + 1

@@ -57,7 +57,7 @@ def test_two_cpu_processes_hold_the_all_reduced_efl_state(tiny_dataset, tmp_path
     model = instantiate(cfg.model)
     cfg.dataloader.train.total_batch_size = 4
     single = instantiate(cfg.dataloader.train)  # this process: world size 1
-    single.load_state_dict(final["trainer"]["data_loader"])
+    single.load_state_dict(final["trainer"]["hooks"]["ResumeState"]["data_loader"])
     for it in (0, 1):
         ranks = [torch.load(record_dir / f"rank{r}_iter{it}.pth", weights_only=False) for r in (0, 1)]
         # Same weights and EFL state on both ranks before the step.

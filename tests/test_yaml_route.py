@@ -3,9 +3,10 @@ with efl.engine.YAMLTrainer (Detectron2's DefaultTrainer with the project's LVIS
 evaluator) for a few iterations, evaluated on the tiny dataset at the end of training,
 the EFL state saved (and moved) in model_final.pth; the drop-in
 efl.evaluation.LVISEvaluator (lvis-api itself) gives the same numbers through Detectron2's
-stock DefaultTrainer.test. (Detectron2's own LVISEvaluator stops inside lvis-api 0.5.3 on
-numpy >= 1.24: np.float.)"""
+stock DefaultTrainer.test; the run guarantees' EFL-activity note appears on this route.
+(Detectron2's own LVISEvaluator stops inside lvis-api 0.5.3 on numpy >= 1.24: np.float.)"""
 
+import logging
 import math
 import os
 
@@ -14,7 +15,9 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer
 
+from efl.checkpoint import EFLCheckpointer
 from efl.engine import YAMLTrainer
+from efl.engine.activity import EFLActivityCheck
 from efl.errors import InputError
 from efl.evaluation import BOX_KEYS, LVISEvaluator
 from helpers import TINY_CLASSES, tiny_yaml_config
@@ -26,11 +29,17 @@ from helpers import TINY_CLASSES, tiny_yaml_config
     ("efl_improved_R_50_FPN", "ATSSRetinaNet"),
     ("eqfl_quality_R_50_FPN", "QualityATSSRetinaNet"),  # from_config: QualityHead, EQFL
 ])
-def test_yaml_config_trains_and_evaluates(name, meta_arch, tiny_dataset, tmp_path):
+def test_yaml_config_trains_and_evaluates(name, meta_arch, tiny_dataset, tmp_path, caplog):
     cfg = tiny_yaml_config(name, tiny_dataset, str(tmp_path))
     trainer = YAMLTrainer(cfg)
+    assert isinstance(trainer.checkpointer, EFLCheckpointer)  # atomic, with the resume state
     trainer.resume_or_load(resume=False)
-    trainer.train()  # DefaultTrainer returns results only with TEST.EXPECTED_RESULTS
+    with caplog.at_level(logging.INFO, logger="efl.engine.activity"):
+        trainer.train()  # DefaultTrainer returns results only with TEST.EXPECTED_RESULTS
+
+    # The run guarantees' EFL-activity note: 4 iterations leave the rare classes at g ~ 1.
+    [note] = [h.note for h in trainer._hooks if isinstance(h, EFLActivityCheck)]
+    assert note.startswith("EFL is acting almost as focal loss here") and note in caplog.text
 
     model = trainer.model
     assert type(model).__name__ == meta_arch and model.cls_loss.group_names  # r/c/f groups

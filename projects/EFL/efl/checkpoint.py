@@ -15,7 +15,7 @@
 
 import logging
 import os
-from typing import List
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -26,7 +26,7 @@ from .errors import CheckpointError
 from .io import atomic_write, temporary_pid
 from .losses import statistics_losses
 
-__all__ = ["EFLCheckpointer", "rename_legacy_loss_keys"]
+__all__ = ["EFLCheckpointer", "read_last_checkpoint", "rename_legacy_loss_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ def _pid_alive(pid: int) -> bool:
 class EFLCheckpointer(DetectionCheckpointer):
     """Drop-in for ``DetectionCheckpointer`` (same arguments); see the module docstring."""
 
-    _resuming = False
     _loading = ""
 
     # ----- saving ------------------------------------------------------------------------
@@ -93,27 +92,32 @@ class EFLCheckpointer(DetectionCheckpointer):
 
     # ----- loading -----------------------------------------------------------------------
     def resume_or_load(self, path: str, *, resume: bool = True):
+        """Detectron2's API: with ``resume`` and a ``last_checkpoint``, :meth:`resume_from`
+        it; otherwise initialise the model from ``path`` (model weights only)."""
         self.remove_stale_temporaries()
-        self._resuming = resume and self.has_checkpoint()
-        try:
-            if self._resuming:
-                path = self.get_checkpoint_file()
-                if "://" not in path and not os.path.isfile(path):
-                    raise CheckpointError(
-                        f"{os.path.join(self.save_dir, 'last_checkpoint')} names {path}, which "
-                        "does not exist. Restore that file, write the name of an existing "
-                        "checkpoint into last_checkpoint, or start without --resume."
-                    )
-                return self.load(path)
-            if path and "://" not in path and not os.path.isfile(path):
-                raise CheckpointError(
-                    f"train.init_checkpoint={path}: file not found. Give the path (or URL) of "
-                    "a Detectron2 checkpoint (.pth or .pkl), or leave it empty to train from "
-                    "scratch."
-                )
-            return self.load(path, checkpointables=[])
-        finally:
-            self._resuming = False
+        found = read_last_checkpoint(self.save_dir) if resume else None
+        if found is not None:
+            return self.resume_from(*found)
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointError(
+                f"train.init_checkpoint={path}: file not found. Give the path (or URL) of "
+                "a Detectron2 checkpoint (.pth or .pkl), or leave it empty to train from "
+                "scratch."
+            )
+        return self.load(path, checkpointables=[])
+
+    def resume_from(self, path: str, checkpoint: dict) -> dict:
+        """Load ``checkpoint`` (the content of ``path``, from :func:`read_last_checkpoint`)
+        into the model, which it must fit exactly, and into every checkpointable (e.g. the
+        trainer); returns what is left (e.g. ``iteration``). ``checkpoint`` is not changed."""
+        self.logger.info(f"Resuming from {path}")
+        checkpoint = dict(checkpoint)
+        self._loading = path
+        self._require_exact_fit(super()._load_model(self._with_current_keys(checkpoint)))
+        for key, obj in self.checkpointables.items():
+            if key in checkpoint:
+                obj.load_state_dict(checkpoint.pop(key))
+        return checkpoint
 
     def load(self, path, *args, **kwargs):
         self._loading = path
@@ -123,33 +127,26 @@ class EFLCheckpointer(DetectionCheckpointer):
         """As Detectron2's; a torchvision ResNet file is mapped onto the backbone, a file of
         the authors' United-Perception code refused with how to convert it
         (:func:`efl.convert.adapt_checkpoint`)."""
-        checkpoint = self._read_file(filename)
-        if self._resuming:
-            return checkpoint
+        try:
+            checkpoint = super()._load_file(filename)
+        except Exception as e:  # truncated, not a checkpoint, pickled objects, ...
+            raise CheckpointError(
+                f"Cannot read train.init_checkpoint, {filename}: {_first_line(e)}. Check that "
+                "the file is a complete Detectron2 checkpoint."
+            ) from None
         return adapt_checkpoint(checkpoint, self.model, self._loading or filename)
 
-    def _read_file(self, filename):
-        try:
-            return super()._load_file(filename)
-        except Exception as e:  # truncated, not a checkpoint, pickled objects, ...
-            what = "the checkpoint to resume from" if self._resuming else "train.init_checkpoint"
-            first_line = (str(e).strip().splitlines() or [""])[0]
-            raise CheckpointError(
-                f"Cannot read {what}, {filename}: {type(e).__name__}: {first_line}. "
-                + ("Point last_checkpoint at an older checkpoint in the same folder, or start "
-                   "without --resume." if self._resuming else
-                   "Check that the file is a complete Detectron2 checkpoint.")
-            ) from None
-
-    def _load_model(self, checkpoint):
+    def _with_current_keys(self, checkpoint: dict) -> dict:
+        """``checkpoint`` with its model's legacy ``efl.*`` keys renamed (one place)."""
         if isinstance(checkpoint.get("model"), dict):
             checkpoint["model"] = rename_legacy_loss_keys(checkpoint["model"],
                                                           self.model.state_dict().keys())
+        return checkpoint
+
+    def _load_model(self, checkpoint):  # initialising (resume_from checks the fit)
+        incompatible = super()._load_model(self._with_current_keys(checkpoint))
         incompatible = super()._load_model(checkpoint)
-        if self._resuming:
-            self._require_exact_fit(incompatible)
-        else:
-            self._report_fresh(incompatible)
+        self._report_fresh(incompatible)
         return incompatible
 
     def _require_exact_fit(self, incompatible) -> None:
@@ -205,6 +202,37 @@ class EFLCheckpointer(DetectionCheckpointer):
                 f"Initialised fresh, not in checkpoint {self._loading}: {len(fresh)} tensors "
                 f"({', '.join(_shorten(fresh))})"
             )
+
+
+def read_last_checkpoint(save_dir: str) -> Optional[Tuple[str, dict]]:
+    """(path, content) of the checkpoint ``save_dir/last_checkpoint`` names, read once;
+    None without ``last_checkpoint``. CheckpointError if that file is missing or unreadable."""
+    try:
+        with open(os.path.join(save_dir, "last_checkpoint")) as f:
+            path = os.path.join(save_dir, f.read().strip())
+    except OSError:
+        return None
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{os.path.join(save_dir, 'last_checkpoint')} names {path}, which does not exist. "
+            "Restore that file, write the name of an existing checkpoint into "
+            "last_checkpoint, or start without --resume."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+            raise ValueError("no 'model' in it")
+    except Exception as e:  # truncated, not a checkpoint, ...
+        raise CheckpointError(
+            f"Cannot read the checkpoint to resume from, {path}: {_first_line(e)}. Point "
+            "last_checkpoint at an older checkpoint in the same folder, or start without "
+            "--resume."
+        ) from None
+    return path, checkpoint
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: " + (str(error).strip().splitlines() or [""])[0]
 
 
 def _shorten(keys: List[str], n: int = 6) -> List[str]:

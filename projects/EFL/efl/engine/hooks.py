@@ -57,12 +57,14 @@ class EFLSummaryLogger(HookBase):
 
 
 class ResumeState(HookBase):
-    """The per-process state an exact resume needs that no state_dict holds: the RNG
-    states (python, numpy, torch) and the model's loss-normaliser EMA
-    (``model.loss_normalizer``). Captured from every rank at the iterations the
-    ``PeriodicCheckpointer(period)`` saves (register this hook before it), saved in the
-    checkpoint as ``trainer.hooks.ResumeState``, restored per rank on resume (the RNG
-    states just before the first resumed step).
+    """The state an exact resume needs that no other state_dict holds: per process, the
+    RNG states (python, numpy, torch) and the model's loss-normaliser EMA
+    (``model.loss_normalizer``); and the training loader's ``state_dict`` (its stream's
+    seed). Captured from every rank at the iterations the ``PeriodicCheckpointer(period)``
+    saves (register this hook before it) or by :meth:`capture` before another save, saved
+    in the checkpoint as ``trainer.hooks.ResumeState``; the per-rank states are restored on
+    resume (the RNG states just before the first resumed step), the loader's by
+    :func:`efl.engine.resume.resume_or_load`.
     """
 
     def __init__(self, period: int):
@@ -88,10 +90,16 @@ class ResumeState(HookBase):
     def state_dict(self):
         # One process: its state now (the checkpointer calls this right after the step).
         ranks = self._ranks if comm.get_world_size() > 1 else [self._local_state()]
-        return {"ranks": ranks} if ranks is not None else {}
+        ret = {"ranks": ranks} if ranks is not None else {}
+        loader = self.trainer.data_loader
+        if hasattr(loader, "state_dict"):
+            ret["data_loader"] = loader.state_dict()
+        return ret
 
     def load_state_dict(self, state_dict):
-        ranks = state_dict["ranks"]
+        ranks = state_dict.get("ranks")
+        if ranks is None:
+            return
         rank, world = comm.get_rank(), comm.get_world_size()
         if len(ranks) != world:
             logger.warning(

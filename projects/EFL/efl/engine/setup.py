@@ -13,12 +13,10 @@ built (``train_net.py``, or ``Trainer(cfg)`` in a notebook or a test after other
 """
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
-import torch
 
 from detectron2.config import instantiate
 from detectron2.utils import comm
@@ -26,9 +24,9 @@ from detectron2.utils.env import seed_all_rng
 
 from ..data.lvis import prepare_datasets
 from ..errors import ConfigError
+from .resume import ResumePoint, find_resume_point
 
-__all__ = ["RunPlan", "plan_run", "seed_run", "dataset_names", "prepare_run_datasets",
-           "last_checkpoint"]
+__all__ = ["RunPlan", "plan_run", "seed_run", "dataset_names", "prepare_run_datasets"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +41,13 @@ class RunPlan:
         max_iter: iterations of the whole run.
         epoch_starts: with ``train.epochs``: the iteration at which each epoch starts,
             plus ``max_iter`` (epochs + 1 entries); None otherwise.
-        resume_from: the checkpoint the run continues from, or None.
+        resume: the checkpoint the run continues from (read once), or None.
     """
 
     train_loader: object
     max_iter: int
     epoch_starts: Optional[List[int]] = None
-    resume_from: Optional[str] = None
+    resume: Optional[ResumePoint] = None
 
 
 def dataset_names(node) -> List[str]:
@@ -61,15 +59,6 @@ def dataset_names(node) -> List[str]:
 def prepare_run_datasets(cfg) -> None:
     """Generate, check and describe (metadata) every dataset the config reads."""
     prepare_datasets(dataset_names(cfg.dataloader.train) + dataset_names(cfg.dataloader.test))
-
-
-def last_checkpoint(output_dir: str) -> Optional[str]:
-    """The checkpoint ``output_dir/last_checkpoint`` names, or None."""
-    try:
-        with open(os.path.join(output_dir, "last_checkpoint")) as f:
-            return os.path.join(output_dir, f.read().strip())
-    except OSError:
-        return None
 
 
 def seed_run(train) -> None:
@@ -84,21 +73,19 @@ def plan_run(cfg, resume: bool = False) -> RunPlan:
     """Seed the generators (:func:`seed_run`), prepare the datasets, build the training
     loader and resolve the schedule.
 
-    With ``resume`` and a ``last_checkpoint`` in ``train.output_dir``, the loader continues
-    that checkpoint's data stream, and ``train.epochs`` is resolved from that stream.
+    With ``resume`` and a ``last_checkpoint`` in ``train.output_dir``, that checkpoint is
+    read (once: the plan hands it to ``Trainer.resume_or_load``), the loader continues its
+    data stream, and ``train.epochs`` is resolved from that stream.
     """
     seed_run(cfg.train)  # before the loader draws its stream's seed and the model its weights
     prepare_run_datasets(cfg)
     loader = instantiate(cfg.dataloader.train)
-    resume_from = last_checkpoint(cfg.train.output_dir) if resume else None
-    if resume_from and hasattr(loader, "load_state_dict") and os.path.isfile(resume_from):
-        trainer_state = torch.load(resume_from, map_location="cpu", weights_only=False,
-                                   mmap=True).get("trainer", {})
-        if "data_loader" in trainer_state:
-            loader.load_state_dict(trainer_state["data_loader"])
+    point = find_resume_point(cfg.train.output_dir) if resume else None
+    if point is not None and point.loader_state is not None and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(point.loader_state)
     epoch_starts = epoch_schedule(cfg.train, loader)
     max_iter = epoch_starts[-1] if epoch_starts else cfg.train.max_iter
-    return RunPlan(loader, int(max_iter), epoch_starts, resume_from)
+    return RunPlan(loader, int(max_iter), epoch_starts, point)
 
 
 def epoch_schedule(train, loader) -> Optional[List[int]]:

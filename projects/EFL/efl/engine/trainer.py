@@ -10,14 +10,15 @@ Reliability: checkpoints are written atomically (:class:`efl.checkpoint.EFLCheck
 and hold everything an exact resume needs (model with EFL state, optimizer, scheduler,
 iteration, data-stream seed, per-rank RNG states and loss normaliser), so killing a run at
 any moment and rerunning it with ``resume_or_load(resume=True)`` gives the weights of an
-uninterrupted run. SIGTERM or SLURM's early warning (USR2) stops training after the
-iteration in progress with a checkpoint of it (:mod:`efl.engine.preemption`). A
+uninterrupted run (:mod:`efl.engine.resume`). SIGTERM or SLURM's early warning (USR2)
+stops training after the iteration in progress with a checkpoint of it. These guarantees
+(and AMP's unscaled loss statistics, the EFL-activity note) are the pieces of
+:mod:`efl.engine.guarantees`, which ``YAMLTrainer`` registers too. A
 NaN/infinite loss stops training (:class:`efl.errors.TrainingDiverged`) without writing
 anything after the last good checkpoint; a failed run is not evaluated.
 """
 
 import copy
-import json
 import logging
 import math
 import os
@@ -34,19 +35,17 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 
-from .. import compat
 from ..checkpoint import EFLCheckpointer
 from ..data.lvis import prepare_datasets
-from ..errors import ConfigError, InputError, TrainingDiverged
+from ..errors import InputError, TrainingDiverged
 from ..io import write_json_atomic
-from ..losses import attach_grad_scaler
 from ..records import RunRecord, cpu_model
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
-from .activity import EFLActivityCheck
 from .config_checks import check_efl_hyperparameters, target_parameters
-from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
-from .preemption import PreemptionCheckpointer
+from .guarantees import register_run_guarantees
+from .hooks import EFLSummaryLogger, EvalHook
+from .resume import resume_or_load
 from .setup import RunPlan, dataset_names, plan_run
 
 __all__ = ["Trainer", "dataset_names", "quiet_input_error_tracebacks"]
@@ -80,7 +79,8 @@ class Trainer(TrainerBase):
     be overridden in a subclass. Checkpoints (``EFLCheckpointer``, a
     ``DetectionCheckpointer``) hold the model (with the EFL state), the optimizer, the LR
     scheduler's iteration, the iteration, the data-stream seed and, per rank, the RNG
-    states and loss normaliser (``ResumeState``).
+    states and loss normaliser (``ResumeState``). ``build_hooks`` are Detectron2's
+    defaults; :func:`efl.engine.register_run_guarantees` adds the guarantees' hooks.
     """
 
     def __init__(self, cfg, plan: Optional[RunPlan] = None):
@@ -102,15 +102,11 @@ class Trainer(TrainerBase):
             logger.warning("train.amp.enabled needs CUDA (Detectron2's AMPTrainer); training "
                            "in float32 on CPU")
             use_amp = False
-        if use_amp:
+        if use_amp:  # its scaler is attached to the losses (GradScalerCommit)
             scaler = self.build_grad_scaler(cfg)
             self._trainer = AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler)
-            # The EFL statistics are divided by the scale of their step, and a step the
-            # scaler skips is not added (committed after each step in run_step).
-            self._scaled_losses = attach_grad_scaler(model, scaler)
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
-            self._scaled_losses = []
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, plan)
         self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self))
@@ -120,6 +116,7 @@ class Trainer(TrainerBase):
         self.cfg = cfg
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
+        register_run_guarantees(self, cfg.train.checkpointer.period)
         if comm.is_main_process():
             self._write_run_info()
 
@@ -194,21 +191,14 @@ class Trainer(TrainerBase):
     def build_hooks(self):
         cfg = self.cfg
         main = comm.is_main_process()
-        period = cfg.train.checkpointer.period
-        resume_state = ResumeState(period)
         ret = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
-            resume_state,  # every rank, before the checkpointer
-            EFLStateSyncCheck(period) if comm.get_world_size() > 1 else None,
             hooks.PeriodicCheckpointer(self.checkpointer, **cfg.train.checkpointer) if main else None,
             # After the checkpointer: a failed evaluation leaves the checkpoint to debug with.
             EvalHook(cfg.train.eval_period, self._test_and_save_results),
             EFLSummaryLogger(cfg.train.log_period) if main else None,
-            EFLActivityCheck() if main else None,  # once: is EFL acting as focal loss?
             hooks.PeriodicWriter(self.build_writers(), period=cfg.train.log_period) if main else None,
-            # Last, every rank: on SIGTERM / SLURM's warning, checkpoint this iteration, exit.
-            PreemptionCheckpointer(self.checkpointer, period, before_save=resume_state.capture),
         ]
         return [h for h in ret if h is not None]
 
@@ -221,29 +211,8 @@ class Trainer(TrainerBase):
         exactly (model, EFL state, optimizer, scheduler, iteration, data stream, RNG states,
         loss normaliser). Otherwise load the model weights of ``train.init_checkpoint`` (if
         set; what it does not initialise is logged) and start at iteration 0."""
-        self.checkpointer.resume_or_load(self.cfg.train.init_checkpoint, resume=resume)
-        if resume and self.checkpointer.has_checkpoint():
-            self.start_iter = self.iter + 1
-            loader = self.data_loader
-            if hasattr(loader, "start_iter"):
-                loader.start_iter = self.start_iter
-                compat.restart_data_iterator(self._trainer)
-            else:
-                logger.warning(
-                    f"The training loader ({type(loader).__name__}) cannot start at iteration "
-                    f"{self.start_iter}: it restarts its stream, so the images of iterations "
-                    f"0-{self.iter} are seen again. Use efl.data.lvis.build_train_loader."
-                )
-            if comm.is_main_process():
-                _drop_metrics_after(os.path.join(self.cfg.train.output_dir, "metrics.json"), self.iter)
-            starts = self.plan.epoch_starts
-            if starts is not None and loader.epoch_starts(len(starts) - 1) != starts:
-                raise ConfigError(
-                    "The checkpoint's data stream has other epoch lengths than this run's plan "
-                    "(made for a fresh run): with train.epochs the schedule follows the "
-                    "checkpoint's stream. Build the trainer with "
-                    "Trainer(cfg, plan_run(cfg, resume=True)), as train_net.py --resume does."
-                )
+        resume_or_load(self, self.cfg.train.init_checkpoint, resume, self.plan.resume,
+                       self.plan.epoch_starts)
 
     def train(self):
         super().train(self.start_iter, self.max_iter)
@@ -252,8 +221,6 @@ class Trainer(TrainerBase):
     def run_step(self):
         self._trainer.iter = self.iter
         self._trainer.run_step()
-        for loss in self._scaled_losses:  # after scaler.update(): the step's verdict is known
-            loss.commit_statistics()
 
     def _stop_on_non_finite_losses(self, model, inputs, losses):
         """Forward hook: a NaN/infinite training loss stops the run before its backward
@@ -277,22 +244,12 @@ class Trainer(TrainerBase):
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()  # optimizer state, as DefaultTrainer
-        if hasattr(self.data_loader, "state_dict"):
-            ret["data_loader"] = self.data_loader.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
-        if "data_loader" in state_dict and hasattr(self.data_loader, "load_state_dict"):
-            self.data_loader.load_state_dict(state_dict["data_loader"])
-        if "data_loader" not in state_dict or "ResumeState" not in state_dict.get("hooks", {}):
-            logger.warning(
-                "The checkpoint has no data-stream seed or no RNG / loss-normaliser state (it "
-                "was written by an older version): the resumed run continues, but not exactly "
-                "as an uninterrupted run would."
-            )
 
     @classmethod
     def test(cls, cfg, model, evaluator=None):
@@ -348,25 +305,3 @@ def _check_num_classes(model, train_names):
             f"has {len(classes)} categories. Set model.num_classes={len(classes)} (e.g. as "
             f"a command-line override: model.num_classes={len(classes)})."
         )
-
-
-def _drop_metrics_after(path: str, iteration: int) -> None:
-    """Before resuming after ``iteration``: cut ``metrics.json`` before its first line
-    from a later iteration (or a line cut by the kill); the resumed run writes those again.
-    Truncated in place: Detectron2's JSONWriter already holds the file open for appending."""
-    if not os.path.isfile(path):
-        return
-    offset = 0
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                if json.loads(line).get("iteration", -1) > iteration:
-                    break
-            except ValueError:
-                break
-            offset += len(line)
-    size = os.path.getsize(path)
-    if offset < size:
-        os.truncate(path, offset)
-        logger.info(f"metrics.json: dropped {size - offset} bytes written after iteration "
-                    f"{iteration} by the interrupted run")
