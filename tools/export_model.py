@@ -56,7 +56,11 @@ def main(argv=None) -> int:
                         stream=sys.stderr)
     from efl.export import quiet_inference_logs
 
-    quiet_inference_logs()
+    with quiet_inference_logs():
+        return _run(args)
+
+
+def _run(args) -> int:
     from efl.engine import load_config
     from efl.errors import InputError
     from efl.export import (ExportError, build_inference_model, check_exportable, check_format,

@@ -49,7 +49,11 @@ def main(argv=None) -> int:
                         stream=sys.stderr)
     from efl.export import quiet_inference_logs
 
-    quiet_inference_logs()
+    with quiet_inference_logs():
+        return _run(args)
+
+
+def _run(args) -> int:
     warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)  # Detectron2
     from tqdm import tqdm
 

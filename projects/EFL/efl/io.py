@@ -4,9 +4,12 @@ new one, never a partial one. Below everything else in the package: it imports n
 
 import json
 import os
+import shutil
+import uuid
 from typing import Callable
 
-__all__ = ["TMP_MARK", "atomic_write", "write_json_atomic", "temporary_pid"]
+__all__ = ["TMP_MARK", "atomic_write", "write_json_atomic", "temporary_pid", "pid_alive",
+           "replace_dir"]
 
 TMP_MARK = ".tmp-"  # temporaries are ".<name>.tmp-<pid>" beside their file
 
@@ -50,3 +53,37 @@ def temporary_pid(name: str):
         return int(name.rsplit(TMP_MARK, 1)[1])
     except ValueError:
         return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process ``pid`` exists on this machine (also one of another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Put the complete folder ``src`` in the place of ``dst`` (absent, or a folder that is
+    then deleted) by renames on one file system: a reader sees the old folder, the new one
+    or (between two renames) none, never a partial one. The old one is first renamed to ``.<name>.old-<pid>-<random>`` beside it (a name
+    by which a killed process's leftover is recognised), then deleted. Raises OSError when
+    a rename fails (e.g. another process put a folder at ``dst`` meanwhile); the old
+    folder is then put back if ``dst`` is still free."""
+    dst = os.fspath(dst)
+    if not os.path.lexists(dst):
+        os.rename(src, dst)
+        return
+    parent, name = os.path.split(os.path.abspath(dst))
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        if not os.path.lexists(dst):
+            os.rename(old, dst)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -28,6 +28,7 @@ import shutil
 import uuid
 from typing import Dict, List, Sequence
 
+from ..io import replace_dir
 from .plots import draw_plots
 from .runs import Run, class_groups, load_gt, load_run, shown_metrics
 from .tables import jsonable, main_table, summarize_models, summary_md
@@ -122,7 +123,7 @@ def build_report(
             json.dump(jsonable(summary), f, indent=2)
         with open(os.path.join(tmp, "summary.md"), "w") as f:
             f.write(summary_md(summary, table))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -208,13 +209,3 @@ def _check_out_dir(out_dir: str, run_dirs: Sequence[str]) -> None:
         f"{out_dir} exists and holds files that are not a report ({sorted(entries)[:5]}); "
         "it would be replaced: choose another report folder"
     )
-
-
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    if os.path.lexists(out_dir):
-        old = f"{out_dir}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -13,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from ...io import pid_alive, replace_dir
 from ...records import FREQUENCY_GROUPS
 from .config import SyntheticLongTailConfig
 from .draw import render_image
@@ -201,16 +201,6 @@ def is_complete(root, cfg: Optional[SyntheticLongTailConfig] = None) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _remove_stale_siblings(root: Path) -> None:
     """Delete temp/old folders of ``root`` left by killed runs (their pid is gone)."""
     prefixes = (f".{root.name}.tmp-", f".{root.name}.old-")
@@ -226,7 +216,7 @@ def _remove_stale_siblings(root: Path) -> None:
             pid = int(e.name[len(prefix) :].split("-")[0])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(e.path, ignore_errors=True)
 
 
@@ -275,13 +265,7 @@ def generate_synthetic_lvis(
             return paths
         _check_owned(root)
         try:
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-                os.rename(root, old)
-                os.rename(tmp, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, root)
+            replace_dir(tmp, root)
         except OSError:
             # another process (e.g. a second worker) put its copy in place meanwhile
             if not is_complete(root, cfg):
