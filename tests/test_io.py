@@ -50,7 +50,7 @@ def test_write_json_atomic_writes_numpy_and_torch_scalars_and_no_temporary(tmp_p
     import numpy as np
     import torch
 
-    path = str(tmp_path / "a.json")
+    path = str(tmp_path / "new" / "a.json")  # the folder is created
     write_json_atomic(path, {"x": np.float32(0.5), "y": torch.tensor(2.0)}, indent=1)
     assert json.loads(open(path).read()) == {"x": 0.5, "y": 2.0}
-    assert os.listdir(tmp_path) == ["a.json"]
+    assert os.listdir(tmp_path / "new") == ["a.json"]

@@ -39,8 +39,10 @@ def atomic_write(path: str, write: Callable) -> None:
 
 
 def write_json_atomic(path: str, obj, indent=2) -> None:
-    """``obj`` as JSON (``indent``; numpy/torch scalars as floats) to ``path``, atomically."""
+    """``obj`` as JSON (``indent``; numpy/torch scalars as floats) to ``path``, atomically;
+    the folder is created if needed."""
     text = json.dumps(obj, indent=indent, default=float)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: f.write(text.encode()))
 
 

@@ -10,7 +10,6 @@ same run.
 """
 
 import dataclasses
-import os
 import platform
 import time
 from typing import List, Optional
@@ -193,7 +192,6 @@ def run_gpu_check(device_name: str, tiny: bool = False, parts=("loss", "train", 
             result["parts"][part] = fn(sizes, device, log=log)
             result["seconds"][part] = time.perf_counter() - t
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         write_json_atomic(out, result, indent=1)
     return result
 

@@ -236,7 +236,6 @@ def run_probe(cfg: ProbeConfig, device_name: str, out: str = None, log=print) ->
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         write_json_atomic(out, result, indent=1)
     return result
 
