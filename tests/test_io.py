@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from efl.io import pid_alive, replace_dir, write_json_atomic
+from efl.io import pid_alive, remove_stale_dirs, replace_dir, temporary_dir, write_json_atomic
 
 
 def test_pid_alive_tells_a_running_process_from_an_ended_one():
@@ -36,6 +36,21 @@ def test_replace_dir_puts_the_new_folder_in_place_and_leaves_nothing_else(tmp_pa
     _folder(new, "second")
     replace_dir(new, dst)  # replaces the old one, which is deleted
     assert _read(dst) == "second" and sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_leftovers_of_killed_processes_are_removed_and_nothing_else(tmp_path):
+    dst = tmp_path / "sub" / "out"
+    mine = temporary_dir(dst)  # parent created; this process's temporary is kept
+    assert os.path.dirname(mine) == str(tmp_path / "sub")
+    assert os.path.basename(mine).startswith(f".out.tmp-{os.getpid()}-")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = [f".out.tmp-{child.pid}-x", f".out.old-{child.pid}-y"]
+    kept = ["out", ".out.tmp-notapid", f".other.tmp-{child.pid}-z", os.path.basename(mine)]
+    for name in dead + kept:
+        os.makedirs(tmp_path / "sub" / name, exist_ok=True)
+    remove_stale_dirs(dst)
+    assert sorted(os.listdir(tmp_path / "sub")) == sorted(kept)
 
 
 def test_replace_dir_that_fails_keeps_the_old_folder(tmp_path):

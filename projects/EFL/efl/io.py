@@ -5,11 +5,12 @@ new one, never a partial one. Below everything else in the package: it imports n
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from typing import Callable
 
 __all__ = ["TMP_MARK", "atomic_write", "write_json_atomic", "temporary_pid", "pid_alive",
-           "replace_dir"]
+           "temporary_dir", "replace_dir", "remove_stale_dirs"]
 
 TMP_MARK = ".tmp-"  # temporaries are ".<name>.tmp-<pid>" beside their file
 
@@ -68,6 +69,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def temporary_dir(dst: str) -> str:
+    """A new empty folder ``.<name>.tmp-<pid>-<random>`` beside ``dst`` (whose parent is
+    created if needed): build ``dst`` in it, then put it in place with :func:`replace_dir`."""
+    parent, name = os.path.split(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{name}{TMP_MARK}{os.getpid()}-", dir=parent)
+
+
 def replace_dir(src: str, dst: str) -> None:
     """Put the complete folder ``src`` in the place of ``dst`` (absent, or a folder that is
     then deleted) by renames on one file system: a reader sees the old folder, the new one
@@ -89,3 +98,24 @@ def replace_dir(src: str, dst: str) -> None:
             os.rename(old, dst)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_dirs(dst: str) -> None:
+    """Delete the folders that :func:`temporary_dir` and :func:`replace_dir` left beside
+    ``dst`` in processes that were killed (their pid no longer runs)."""
+    parent, name = os.path.split(os.path.abspath(dst))
+    prefixes = (f".{name}{TMP_MARK}", f".{name}.old-")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for e in entries:
+        prefix = next((x for x in prefixes if e.name.startswith(x)), None)
+        if prefix is None or not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            pid = int(e.name[len(prefix):].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(e.path, ignore_errors=True)

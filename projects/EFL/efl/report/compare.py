@@ -25,10 +25,9 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from typing import Dict, List, Sequence
 
-from ..io import replace_dir
+from ..io import remove_stale_dirs, replace_dir, temporary_dir
 from .plots import draw_plots
 from .runs import Run, class_groups, load_gt, load_run, shown_metrics
 from .tables import jsonable, main_table, summarize_models, summary_md
@@ -99,10 +98,8 @@ def build_report(
              "no EFL state plot and no detections panel")
 
     # 2. Build in a temporary sibling folder; rename at the end.
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    remove_stale_dirs(out_dir)
+    tmp = temporary_dir(out_dir)
     try:
         summary = {
             "generator": GENERATOR,
