@@ -192,10 +192,11 @@ def fit_problems(incompatible, exempt: Sequence[str] = (), unexpected: bool = Tr
     problems = _shorten([f"{k} has shape {tuple(c)} in the checkpoint but {tuple(m)} in the model"
                          for k, c, m in shapes])
     reshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore lists them as missing too
-    missing = [k for k in incompatible.missing_keys if k not in reshaped and not k.startswith(exempt)]
+    missing = [k for k in incompatible.missing_keys
+               if k not in reshaped and not k.startswith(exempt)]
     if missing:
         problems.append(f"not in the checkpoint: {', '.join(_shorten(missing))}")
-    extra = [k for k in incompatible.unexpected_keys if not k.startswith(exempt)] if unexpected else []
+    extra = [k for k in incompatible.unexpected_keys if unexpected and not k.startswith(exempt)]
     if extra:
         problems.append(f"not in the model: {', '.join(_shorten(extra))}")
     return problems

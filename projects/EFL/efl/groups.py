@@ -1,4 +1,5 @@
-"""The LVIS frequency-group names and the names of the loss-state summaries, defined once.
+"""The LVIS frequency-group names, the names of the loss-state summaries and the per-group
+mean (:func:`group_means`), defined once.
 
 The lowest floor of the package: plain Python, importable with nothing else (the losses
 use it, so it must not import Detectron2, the run record or any I/O).

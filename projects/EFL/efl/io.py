@@ -1,5 +1,6 @@
-"""Writing files so that a reader (or a rerun after a kill) sees the old file or the whole
-new one, never a partial one. Below everything else in the package: it imports no
+"""Writing files and folders so that a reader (or a rerun after a kill) sees the old one or
+the whole new one, never a partial one, and removing what a killed writer left (its pid
+is in the temporary's name). Below everything else in the package: it imports no
 ``efl`` module, so records, checkpoints, the trainer, exporters and tools can all use it."""
 
 import json
@@ -80,10 +81,10 @@ def temporary_dir(dst: str) -> str:
 def replace_dir(src: str, dst: str) -> None:
     """Put the complete folder ``src`` in the place of ``dst`` (absent, or a folder that is
     then deleted) by renames on one file system: a reader sees the old folder, the new one
-    or (between two renames) none, never a partial one. The old one is first renamed to ``.<name>.old-<pid>-<random>`` beside it (a name
-    by which a killed process's leftover is recognised), then deleted. Raises OSError when
-    a rename fails (e.g. another process put a folder at ``dst`` meanwhile); the old
-    folder is then put back if ``dst`` is still free."""
+    or (between two renames) none, never a partial one. The old one is first renamed to
+    ``.<name>.old-<pid>-<random>`` beside it (see :func:`remove_stale_dirs`), then
+    deleted. Raises OSError when a rename fails (e.g. another process put a folder at
+    ``dst`` meanwhile); the old folder is then put back if ``dst`` is still free."""
     dst = os.fspath(dst)
     if not os.path.lexists(dst):
         os.rename(src, dst)

@@ -77,8 +77,8 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     g, or without groups the least frequent classes'."""
     if run.efl_state is None or not run.info.efl:
         return None
-    classes, g = watched_classes_g(efl_groups[RARE]["g"] if efl_groups and RARE in efl_groups
-                                   else None, run.efl_state["pos_neg"], run.efl_state.get("pos_grad"))
+    rare_g = efl_groups[RARE]["g"] if efl_groups and RARE in efl_groups else None
+    classes, g = watched_classes_g(rare_g, run.efl_state["pos_neg"], run.efl_state.get("pos_grad"))
     return focal_like_note(g, classes, run.info.efl["gamma_b"], run.info.efl["scale_factor"],
                            f"at the end of training (iteration {run.iteration})")
 
