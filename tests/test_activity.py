@@ -10,7 +10,7 @@ import torch
 from detectron2.engine import TrainerBase
 
 from efl.activity import (FOCAL_LIKE_G, LEAST_FREQUENT_LABEL, RARE_LABEL, WARMUP_FRACTION,
-                          focal_like_note, least_frequent_g)
+                          focal_like_note, least_frequent_g, watched_classes_g)
 from efl.engine.activity import EFLActivityCheck
 from efl.losses import EqualizedFocalLoss
 
@@ -90,3 +90,14 @@ def test_threshold_and_least_frequent_selection():
     g = [0.0] * 5 + [0.9, 1.0] + [0.1] * 18
     assert least_frequent_g(g, pos) == pytest.approx(0.95)
     assert least_frequent_g([1.0, 1.0], [0.0, 0.0]) is None
+
+
+def test_the_watched_classes_are_the_rare_group_else_the_least_frequent():
+    """One choice for the trainer's note and the report's: the rare group's mean g when it
+    is known, else the least frequent classes' from the state, else nothing."""
+    pos = [0.0] * 5 + [float(i) for i in range(1, 21)]
+    g = [0.0] * 5 + [0.9, 1.0] + [0.1] * 18
+    assert watched_classes_g(0.3, g, pos) == (RARE_LABEL, 0.3)
+    assert watched_classes_g(None, g, pos) == (LEAST_FREQUENT_LABEL, pytest.approx(0.95))
+    assert watched_classes_g(None, g, None) == (LEAST_FREQUENT_LABEL, None)
+    assert watched_classes_g(None, [1.0, 1.0], [0.0, 0.0]) == (LEAST_FREQUENT_LABEL, None)

@@ -4,7 +4,6 @@ time): same per-level outputs, anchors and final 300 detections, R-50 and R-101,
 weights with every norm and bias perturbed, on an image size that is a multiple of 64 and
 one that is not."""
 
-import logging
 import os
 
 import pytest
@@ -173,17 +172,9 @@ def test_predict_runs_the_improved_config_with_the_converted_file(up, tmp_path):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "out"
-    # The tool quiets loggers for its process (quiet_inference_logs); in this pytest
-    # process that would hide later tests' log records, so the levels are put back.
-    loggers = [logging.getLogger(n) for n in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine")]
-    levels = [lg.level for lg in loggers]
-    try:
-        status = tool.main(["--config-file", config_path(50), "--input", image_path, "--output",
-                            str(out), "--score-thresh", "0", f"train.init_checkpoint={converted}",
-                            "train.device=cpu"])
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    status = tool.main(["--config-file", config_path(50), "--input", image_path, "--output",
+                        str(out), "--score-thresh", "0", f"train.init_checkpoint={converted}",
+                        "train.device=cpu"])
     assert status == 0
     results = json.loads((out / "predictions.json").read_text())
     assert len(results) == 300 and (out / "photo.png").exists()

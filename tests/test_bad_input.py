@@ -59,6 +59,15 @@ def tiny_json(tiny_dataset):
         return json.load(f), meta.image_root
 
 
+def test_tools_report_bad_input_as_one_line_and_status_2(capsys):
+    from efl.errors import report_input_error
+
+    assert report_input_error(ConfigError("train.max_iterr: no such key.\n  Did you mean\n"
+                                          "train.max_iter?")) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == "ERROR: train.max_iterr: no such key. Did you mean train.max_iter?\n"
+
+
 def test_missing_annotation_file_or_root(tmp_path, register):
     name = register("missing", tmp_path / "nowhere" / "train.json", tmp_path)
     with pytest.raises(InputError, match=r"the annotation file .*nowhere/train\.json does not exist"):

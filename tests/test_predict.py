@@ -48,6 +48,36 @@ def test_inputs_are_files_folders_and_globs(tmp_path):
         "missing.jpg"]
 
 
+def test_quiet_inference_logs_is_scoped_to_the_call():
+    """The tools quiet Detectron2's and the checkpointer's logs around their work only: the
+    caller's levels and warning filters are back afterwards, also after an error."""
+    import logging
+    import warnings
+
+    from efl.export import quiet_inference_logs
+    from efl.export.loading import QUIET_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    before = [lg.level for lg in loggers]
+    loggers[1].setLevel(logging.DEBUG)  # the caller's own level for "detectron2"
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            filters = list(warnings.filters)
+            with quiet_inference_logs():
+                assert [lg.level for lg in loggers] == [logging.ERROR] * len(loggers)
+                warnings.warn("f is deprecated", FutureWarning)
+            assert seen == []  # not shown inside the call ...
+            warnings.warn("f is deprecated", FutureWarning)
+            assert len(seen) == 1  # ... and shown outside it
+            with pytest.raises(RuntimeError), quiet_inference_logs():
+                raise RuntimeError("inside")
+            assert warnings.filters == filters
+            assert [lg.level for lg in loggers] == [before[0], logging.DEBUG, *before[2:]]
+    finally:
+        loggers[1].setLevel(before[1])
+
+
 @pytest.mark.slow
 def test_predict_draws_and_writes_the_eager_detections(checkpoint, tiny_dataset, tmp_path):
     model, weights = checkpoint
@@ -94,7 +124,7 @@ def test_weights_that_do_not_fit_name_the_tensor(checkpoint, tiny_dataset, tmp_p
         f"train.init_checkpoint={weights}", "model.num_classes=5", prefix=tiny_dataset)
     assert status == 2 and "Traceback" not in stderr
     error = stderr.strip().splitlines()[-1]
-    assert error.startswith("ERROR: The weights in") and "head.cls_score.weight is (36, 32, 3, 3) " \
+    assert error.startswith("ERROR: The weights in") and "head.cls_score.weight has shape (36, 32, 3, 3) " \
         "in the checkpoint but (15, 32, 3, 3) in the model" in error
 
 

@@ -9,6 +9,7 @@ import torch
 
 from efl.errors import InputError
 from efl.losses import EqualizedFocalLoss, efl_gamma, efl_pos_neg, efl_weight
+from efl.groups import group_means
 from efl.records import BadRunFolder, MissingRunFile, RunRecord, cpu_model, efl_summary_key
 
 INFO = {
@@ -88,6 +89,35 @@ def test_run_record_errors_name_the_file(tmp_path, content, error, message):
 def test_summary_key_is_what_the_loss_puts():
     assert efl_summary_key("pos_neg", "r") == "efl/pos_neg_r"
     assert efl_summary_key("gamma", "all") == "efl/gamma_all"
+
+
+@pytest.mark.parametrize("kind", ["list", "numpy", "torch"])
+def test_group_means_per_frequency_group_for_lists_arrays_and_tensors(kind):
+    values = [1.0, 2.0, 4.0, 8.0, 16.0]
+    groups = ["f", "r", "f", None, "r"]  # None: a class in no group (left out of the groups)
+    data = {"list": values, "numpy": np.array(values, dtype=np.float32),
+            "torch": torch.tensor(values)}[kind]
+    assert group_means(data, groups) == {"r": 9.0, "f": 2.5}  # r/c/f order, absent c left out
+    assert group_means(data, groups, all_classes=True) == {"all": 6.2, "r": 9.0, "f": 2.5}
+    assert group_means(data, None, all_classes=True) == {"all": 6.2}
+    with pytest.raises(ValueError, match="5 values but 4 class groups"):
+        group_means(data, groups[:4])
+
+
+def test_loss_summaries_are_the_group_means():
+    from detectron2.utils.events import EventStorage
+
+    groups = ["r", "c", "f", "r"]
+    efl = EqualizedFocalLoss(4, gamma_b=2.0, scale_factor=8.0, class_groups=groups)
+    efl.accumulate_statistics(torch.tensor([1.0, 2.0, 0.0, 9.0]), torch.tensor([4.0, 2.0, 1.0, 3.0]))
+    with EventStorage() as storage:
+        efl._put_summaries()
+        latest = {k: v for k, (v, _) in storage.latest().items()}
+    assert latest["efl/pos_neg_r"] == pytest.approx((0.25 + 1.0) / 2)  # pos_neg [0.25, 1, 0, 1]
+    for stat, values in (("pos_neg", efl.pos_neg), ("gamma", efl.gamma)):
+        for grp, mean in group_means(values, groups, all_classes=True).items():
+            assert latest.pop(efl_summary_key(stat, grp)) == pytest.approx(mean)
+    assert latest == {}  # the four groups of both statistics, nothing else
 
 
 def test_formulas_equal_the_loss_state_for_tensors_and_arrays():

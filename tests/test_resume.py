@@ -174,6 +174,33 @@ def test_resume_with_mismatched_shapes_is_an_error_naming_the_tensor(efl_checkpo
         EFLCheckpointer(model, out).resume_or_load("", resume=True)
 
 
+def test_fit_problems_names_every_tensor_that_does_not_fit():
+    """The one check of an exact fit, used by --resume (everything) and by inference
+    loading (the loss state exempt, tensors only in the checkpoint allowed)."""
+    from fvcore.common.checkpoint import _IncompatibleKeys
+
+    from efl.checkpoint import fit_problems
+
+    incompatible = _IncompatibleKeys(
+        missing_keys=["head.w", "backbone.b", "cls_loss.pos_grad"],  # fvcore lists reshaped ones too
+        unexpected_keys=["extra.w", "cls_loss.neg_grad"],
+        incorrect_shapes=[("head.w", (4, 2), (5, 2)), ("cls_loss.pos_neg", (4,), (5,))],
+    )
+    assert fit_problems(incompatible) == [
+        "head.w has shape (4, 2) in the checkpoint but (5, 2) in the model",
+        "cls_loss.pos_neg has shape (4,) in the checkpoint but (5,) in the model",
+        "not in the checkpoint: backbone.b, cls_loss.pos_grad",
+        "not in the model: extra.w, cls_loss.neg_grad",
+    ]
+    assert fit_problems(incompatible, exempt=["cls_loss."], unexpected=False) == [
+        "head.w has shape (4, 2) in the checkpoint but (5, 2) in the model",
+        "not in the checkpoint: backbone.b",
+    ]
+    many = _IncompatibleKeys([f"k{i}" for i in range(9)], [], [])
+    assert fit_problems(many) == ["not in the checkpoint: k0, k1, k2, k3, k4, k5, ... 3 more"]
+    assert fit_problems(_IncompatibleKeys([], [], [])) == []
+
+
 def test_resume_from_truncated_or_missing_checkpoint_is_an_error(efl_checkpoint, tmp_path):
     out = efl_checkpoint
     run = tmp_path / "run"

@@ -96,6 +96,24 @@ def test_cli_reports_a_bad_config_key_before_submitting(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing submitted
 
 
+def test_submitting_checks_the_config_but_not_the_device(monkeypatch):
+    """The submitting machine often has no GPU: the same config checks as training, less
+    the device's."""
+    import os
+
+    from efl.engine import load_config
+    from efl.engine.slurm import _check_config
+    from efl.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = os.path.join(ROOT, "configs", "Synthetic", "retinanet_efl.py")
+    _check_config(config, ["train.device=cuda"])
+    with pytest.raises(ConfigError, match="sees no CUDA device"):
+        load_config(config, ["train.device=cuda"])
+    with pytest.raises(ConfigError, match="train.max_iter"):
+        _check_config(config, ["train.max_iterr=5"])
+
+
 @pytest.mark.slow
 def test_two_local_tasks_train_as_train_net_with_two_processes(tiny_dataset, tmp_path, monkeypatch):
     root = dataset_root(tiny_dataset)

@@ -37,15 +37,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[compare] %(levelname)s %(message)s",
                         stream=sys.stderr)
-    from efl.errors import InputError
+    from efl.errors import InputError, report_input_error
     from efl.report import build_report
 
     try:
         report = build_report(args.baseline, args.efl, args.out, labels=tuple(args.labels),
                               num_images=args.num_images, score_thresh=args.score_thresh)
     except (InputError, ValueError, FileNotFoundError) as e:
-        print(f"[compare] error: {e}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     sys.stderr.flush()
     print(f"report: {report['out_dir']}")
     print(report["table"], flush=True)

@@ -32,13 +32,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from efl.io import atomic_write
     from efl.convert import read_checkpoint_file, torchvision_to_detectron2_file
-    from efl.errors import InputError
+    from efl.errors import InputError, report_input_error
 
     try:
         out = torchvision_to_detectron2_file(read_checkpoint_file(args.input), args.input)
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     atomic_write(args.output, lambda f: pickle.dump(out, f))
     print(f"{args.input} -> {args.output}: {len(out['model'])} tensors of {out['__author__']}")
     return 0

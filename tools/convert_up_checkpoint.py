@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from efl.convert import convert_up, read_checkpoint_file, up_state_dict
     from efl.convert.resnet import source_layout
     from efl.engine.config_checks import apply_overrides
-    from efl.errors import ConfigError, InputError
+    from efl.errors import ConfigError, InputError, report_input_error
 
     import torch
 
@@ -66,8 +66,7 @@ def main(argv=None) -> int:
         model = instantiate(cfg.model)
         converted, notes = convert_up(state, model, args.input)
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     out = {"model": converted, "__author__": "United-Perception (tools/convert_up_checkpoint.py)",
            "matching_heuristics": False}
     atomic_write(args.output, lambda f: torch.save(out, f))

@@ -56,9 +56,13 @@ def main(argv=None) -> int:
                         stream=sys.stderr)
     from efl.export import quiet_inference_logs
 
-    quiet_inference_logs()
+    with quiet_inference_logs():
+        return _run(args)
+
+
+def _run(args) -> int:
     from efl.engine import load_config
-    from efl.errors import InputError
+    from efl.errors import InputError, report_input_error
     from efl.export import (ExportError, build_inference_model, check_exportable, check_format,
                             compare_detections, eager, export_detector, load_exported)
 
@@ -77,8 +81,7 @@ def main(argv=None) -> int:
             raise ExportError(f"The exported model does not reproduce the eager model's "
                               f"detections on the sample image ({parity}); nothing was kept.")
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     print(f"Wrote {path} (input image float32 (3, H, W); outputs boxes, scores, classes). "
           f"Check on the sample image: {parity}")
     return 0

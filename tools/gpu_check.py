@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
 
 from efl.bench.gpu_check import format_table, run_gpu_check  # noqa: E402
-from efl.errors import InputError  # noqa: E402
+from efl.errors import InputError, report_input_error  # noqa: E402
 
 
 def main(argv=None):
@@ -31,8 +31,7 @@ def main(argv=None):
         result = run_gpu_check(args.device, tiny=args.tiny, parts=args.parts.split(","),
                                out=args.out, log=lambda s: print(s, file=sys.stderr, flush=True))
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_input_error(e))
     print(format_table(result))
     print(f"JSON: {os.path.abspath(args.out)}")
     failed = [r["check"] for r in result["parts"].get("amp", []) if not r["passed"]]

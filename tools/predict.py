@@ -49,13 +49,17 @@ def main(argv=None) -> int:
                         stream=sys.stderr)
     from efl.export import quiet_inference_logs
 
-    quiet_inference_logs()
+    with quiet_inference_logs():
+        return _run(args)
+
+
+def _run(args) -> int:
     warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)  # Detectron2
     from tqdm import tqdm
 
     from efl.engine import load_config
     from efl.engine.trainer import dataset_names
-    from efl.errors import InputError
+    from efl.errors import InputError, report_input_error
     from efl.export import build_inference_model
     from efl.predict import Predictor, PredictionRun, class_metadata, expand_inputs, no_images_error
 
@@ -71,8 +75,7 @@ def main(argv=None) -> int:
             run.add(path)
         results = run.finish()
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_input_error(e)
     done = run.num_images - len(run.skipped)
     print(f"{done} image(s) -> {args.output}/, {len(run.results)} detections with score >= "
           f"{args.score_thresh} in {results}")

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
 
 from efl.data.long_tail import convert_long_tail, format_summary  # noqa: E402
-from efl.errors import InputError  # noqa: E402
+from efl.errors import InputError, report_input_error  # noqa: E402
 
 
 def main(argv=None):
@@ -39,8 +39,7 @@ def main(argv=None):
                                     rare_max=args.rare_max, common_max=args.common_max,
                                     exhaustive=not args.not_exhaustive)
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_input_error(e))
     print(format_summary(summary))
     out = summary["outputs"]
     print("train with, e.g.:\n  python train_net.py --config-file configs/Custom/retinanet_efl.py "

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
 
 from efl.bench.scale_probe import GPU_PROBE, TINY_PROBE, format_report, run_probe  # noqa: E402
-from efl.errors import InputError  # noqa: E402
+from efl.errors import InputError, report_input_error  # noqa: E402
 
 
 def main(argv=None):
@@ -47,8 +47,7 @@ def main(argv=None):
         result = run_probe(cfg, args.device, out=args.out,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_input_error(e))
     print(format_report(result))
     print(f"JSON: {os.path.abspath(args.out)}")
 

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects", "EFL"))
 
 from efl.engine.slurm import submit  # noqa: E402
-from efl.errors import InputError  # noqa: E402
+from efl.errors import InputError, report_input_error  # noqa: E402
 
 
 def main(argv=None):
@@ -47,8 +47,7 @@ def main(argv=None):
                      partition=args.partition, cluster=None if args.cluster == "auto" else args.cluster,
                      cpus_per_gpu=args.cpus_per_gpu, name=args.name, max_timeouts=args.max_timeouts)
     except InputError as e:
-        print(f"ERROR: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_input_error(e))
     folder = os.path.abspath(args.job_dir)
     print(f"submitted job {job.job_id}: {args.nodes} node(s) x {args.gpus_per_node} GPU(s); "
           f"logs {folder}/{job.job_id}_<task>_log.out / .err; training output: train.output_dir")

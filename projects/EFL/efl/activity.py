@@ -10,14 +10,14 @@ from the running state; the comparison report (``efl.report``) says so beside it
 plot, from the final state. Both use :func:`focal_like_note` for the test and the words.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
 from .losses import efl_gamma, efl_weight
 
 __all__ = ["FOCAL_LIKE_G", "WARMUP_FRACTION", "LEAST_FREQUENT_FRACTION", "RARE_LABEL",
-           "LEAST_FREQUENT_LABEL", "least_frequent_g", "focal_like_note"]
+           "LEAST_FREQUENT_LABEL", "least_frequent_g", "watched_classes_g", "focal_like_note"]
 
 # g >= 0.9: EFL uses less than a tenth of its range of extra focusing (gamma between
 # gamma_b at g = 1 and gamma_b + s at g = 0) on the classes it exists for. The range is
@@ -50,6 +50,20 @@ def least_frequent_g(pos_neg, pos_grad) -> Optional[float]:
     n = max(1, int(round(LEAST_FREQUENT_FRACTION * seen.size)))
     least = seen[np.argsort(pos[seen], kind="stable")[:n]]
     return float(g[least].mean())
+
+
+def watched_classes_g(rare_g: Optional[float], pos_neg=None,
+                      pos_grad=None) -> Tuple[str, Optional[float]]:
+    """The classes EFL exists for and their mean g, as ``(label, g)`` for
+    :func:`focal_like_note`: the rare group's (:data:`RARE_LABEL`, ``rare_g``) when it is
+    known (not None), else the least frequent classes' (:data:`LEAST_FREQUENT_LABEL`,
+    :func:`least_frequent_g` of the (K,) ``pos_neg`` and ``pos_grad``; g None when either
+    is None or no class had a positive yet)."""
+    if rare_g is not None:
+        return RARE_LABEL, float(rare_g)
+    if pos_neg is None or pos_grad is None:
+        return LEAST_FREQUENT_LABEL, None
+    return LEAST_FREQUENT_LABEL, least_frequent_g(pos_neg, pos_grad)
 
 
 def focal_like_note(g: Optional[float], classes: str, gamma_b: float, scale_factor: float,

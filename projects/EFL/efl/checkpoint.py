@@ -15,7 +15,7 @@
 
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,10 +23,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .convert import adapt_checkpoint
 from .errors import CheckpointError
-from .io import atomic_write, temporary_pid
+from .io import atomic_write, pid_alive, temporary_pid
 from .losses import statistics_losses
 
-__all__ = ["EFLCheckpointer", "read_last_checkpoint", "rename_legacy_loss_keys"]
+__all__ = ["EFLCheckpointer", "fit_problems", "read_last_checkpoint", "rename_legacy_loss_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +42,6 @@ def rename_legacy_loss_keys(state: dict, model_keys=None) -> dict:
     return {("cls_loss." + k[len("efl."):] if k.startswith("efl.") else k): v
             for k, v in state.items()}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class EFLCheckpointer(DetectionCheckpointer):
@@ -86,7 +77,7 @@ class EFLCheckpointer(DetectionCheckpointer):
             return
         for entry in os.scandir(self.save_dir):
             pid = temporary_pid(entry.name)
-            if pid is not None and pid != os.getpid() and not _pid_alive(pid):
+            if pid is not None and pid != os.getpid() and not pid_alive(pid):
                 self.logger.info(f"Removing {entry.path}, left by an interrupted save")
                 os.remove(entry.path)
 
@@ -150,14 +141,7 @@ class EFLCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _require_exact_fit(self, incompatible) -> None:
-        problems = [f"{k} has shape {tuple(c)} in the checkpoint but {tuple(m)} in the model"
-                    for k, c, m in incompatible.incorrect_shapes]
-        reshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore lists them as missing too
-        missing = [k for k in incompatible.missing_keys if k not in reshaped]
-        if missing:
-            problems.append(f"not in the checkpoint: {', '.join(_shorten(missing))}")
-        if incompatible.unexpected_keys:
-            problems.append(f"not in the model: {', '.join(_shorten(incompatible.unexpected_keys))}")
+        problems = fit_problems(incompatible)
         if problems:
             raise CheckpointError(
                 f"Cannot resume from {self._loading}: it does not fit the model ("
@@ -237,3 +221,24 @@ def _first_line(error: Exception) -> str:
 
 def _shorten(keys: List[str], n: int = 6) -> List[str]:
     return keys[:n] + ([f"... {len(keys) - n} more"] if len(keys) > n else [])
+
+
+def fit_problems(incompatible, exempt: Sequence[str] = (), unexpected: bool = True) -> List[str]:
+    """What keeps a checkpoint from fitting a model exactly, as phrases for an error
+    paragraph: each tensor of another shape (both shapes), the tensors not in the
+    checkpoint, and (``unexpected``) those not in the model; keys under a prefix in
+    ``exempt`` (e.g. ``"cls_loss."``) are left out. ``incompatible``: fvcore's
+    ``_IncompatibleKeys``, as ``_load_model`` returns it. Empty: it fits."""
+    exempt = tuple(exempt)
+    shapes = [(k, c, m) for k, c, m in incompatible.incorrect_shapes if not k.startswith(exempt)]
+    problems = _shorten([f"{k} has shape {tuple(c)} in the checkpoint but {tuple(m)} in the model"
+                         for k, c, m in shapes])
+    reshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore lists them as missing too
+    missing = [k for k in incompatible.missing_keys
+               if k not in reshaped and not k.startswith(exempt)]
+    if missing:
+        problems.append(f"not in the checkpoint: {', '.join(_shorten(missing))}")
+    extra = [k for k in incompatible.unexpected_keys if unexpected and not k.startswith(exempt)]
+    if extra:
+        problems.append(f"not in the model: {', '.join(_shorten(extra))}")
+    return problems

@@ -9,6 +9,7 @@ __all__ = [
     "ImageUnreadable",
     "CheckpointError",
     "TrainingDiverged",
+    "report_input_error",
 ]
 
 
@@ -34,3 +35,12 @@ class CheckpointError(InputError, OSError):
 
 class TrainingDiverged(InputError, FloatingPointError):
     """The loss became NaN or infinite; nothing after the last good checkpoint is saved."""
+
+
+def report_input_error(error: Exception) -> int:
+    """The command-line tools' form of bad input: ``ERROR: <the message as one paragraph>``
+    on stderr. Returns 2, their exit status for it."""
+    import sys
+
+    print(f"ERROR: {' '.join(str(error).split())}", file=sys.stderr)
+    return 2

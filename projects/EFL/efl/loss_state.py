@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .dense_loss import DenseClassificationLoss
-from .groups import ALL_CLASSES, FREQUENCY_GROUPS, efl_summary_key
+from .groups import EFL_STATS, FREQUENCY_GROUPS, efl_summary_key, group_means
 
 try:  # summaries go to Detectron2's EventStorage when one is open
     from detectron2.utils.events import get_event_storage
@@ -142,11 +142,7 @@ class GradientStatisticsLoss(DenseClassificationLoss):
                     f"class_groups entries must be one of {FREQUENCY_GROUPS}; got {unknown}"
                 )
             self.group_names = tuple(g for g in FREQUENCY_GROUPS if g in class_groups)
-            masks = torch.tensor(
-                [[c == g for c in class_groups] for g in self.group_names], dtype=torch.float32
-            )
-            # (G, K) rows of 1/|group| over the group's classes: masks @ x = group means.
-            self.register_buffer("_group_means", masks / masks.sum(1, keepdim=True), persistent=False)
+        self._class_groups = class_groups  # (K,) names for the summaries' group means, or None
 
     @property
     def gamma(self) -> torch.Tensor:
@@ -257,15 +253,10 @@ class GradientStatisticsLoss(DenseClassificationLoss):
             storage = get_event_storage()
         except AssertionError:  # no EventStorage open: not inside a Detectron2 trainer
             return
-        g, gamma = self.pos_neg, self.gamma
-        names = [efl_summary_key("pos_neg", ALL_CLASSES), efl_summary_key("gamma", ALL_CLASSES)]
-        values = [g.mean(), gamma.mean()]
-        if self.group_names:
-            names += [efl_summary_key("pos_neg", n) for n in self.group_names]
-            names += [efl_summary_key("gamma", n) for n in self.group_names]
-            values += [self._group_means @ g, self._group_means @ gamma]
-        values = torch.cat([v.reshape(-1) for v in values]).tolist()  # one device sync
-        storage.put_scalars(**dict(zip(names, values)), smoothing_hint=False)
+        state = zip(EFL_STATS, torch.stack([self.pos_neg, self.gamma]).tolist())  # one device sync
+        means = {efl_summary_key(stat, grp): mean for stat, values in state
+                 for grp, mean in group_means(values, self._class_groups, all_classes=True).items()}
+        storage.put_scalars(**means, smoothing_hint=False)
 
 
 def statistics_losses(module: nn.Module) -> list:

@@ -10,8 +10,6 @@ same run.
 """
 
 import dataclasses
-import json
-import os
 import platform
 import time
 from typing import List, Optional
@@ -19,6 +17,7 @@ from typing import List, Optional
 import torch
 
 from ..errors import InputError
+from ..io import write_json_atomic
 from .amp_check import amp_check
 from .detectors import ANCHORS_PER_LOCATION, build_detector, random_batch, train_step
 from .measure import anchor_layout, make_loss_inputs, median_time, peak_memory
@@ -193,9 +192,7 @@ def run_gpu_check(device_name: str, tiny: bool = False, parts=("loss", "train", 
             result["parts"][part] = fn(sizes, device, log=log)
             result["seconds"][part] = time.perf_counter() - t
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json_atomic(out, result, indent=1)
     return result
 
 

@@ -21,13 +21,15 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import torch
 
 from ..data.procedural import ProceduralStream, StreamDesign
 from ..errors import TrainingDiverged
+from ..groups import group_means
+from ..io import write_json_atomic
 from .detectors import load_model_config, set_loss
 from .measure import anchor_layout
 
@@ -175,11 +177,6 @@ def evaluate(model, stream: ProceduralStream, json_path: str, batch: int) -> Dic
     return {k: float(v) for k, v in results["bbox"].items()}
 
 
-def _group_means(values: torch.Tensor, groups: List[str]) -> Dict[str, float]:
-    g = np.array(groups)
-    return {x: float(values[torch.from_numpy(g == x)].mean()) for x in "rcf" if (g == x).any()}
-
-
 def design_numbers(cfg: ProbeConfig) -> Dict:
     d = cfg.design
     freq, groups = d.frequencies(), np.array(d.groups())
@@ -228,8 +225,8 @@ def run_probe(cfg: ProbeConfig, device_name: str, out: str = None, log=print) ->
                                            int(counts["images"][rare].max())]
             if loss == "efl":
                 efl = statistics_losses(model)[0][1]
-                row["mean_g"] = _group_means(efl.pos_neg.cpu(), groups)
-                row["mean_gamma"] = _group_means(efl.gamma.cpu(), groups)
+                row["mean_g"] = group_means(efl.pos_neg, groups)
+                row["mean_gamma"] = group_means(efl.gamma, groups)
                 pos = counts["pos"][torch.from_numpy(rare)]
                 row["rare_positive_entries"] = float(pos.sum())
                 row["rare_negatives_per_positive"] = (
@@ -240,9 +237,7 @@ def run_probe(cfg: ProbeConfig, device_name: str, out: str = None, log=print) ->
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json_atomic(out, result, indent=1)
     return result
 
 

@@ -6,8 +6,7 @@ import math
 
 from detectron2.engine import HookBase
 
-from ..activity import (LEAST_FREQUENT_LABEL, RARE_LABEL, WARMUP_FRACTION, focal_like_note,
-                        least_frequent_g)
+from ..activity import WARMUP_FRACTION, focal_like_note, watched_classes_g
 from ..losses import statistics_losses
 from ..records import RARE, efl_summary_key
 
@@ -42,10 +41,8 @@ class EFLActivityCheck(HookBase):
         efl = losses[0]
         latest = self.trainer.storage.latest()
         key = efl_summary_key("pos_neg", RARE)
-        if key in latest:
-            classes, g = RARE_LABEL, float(latest[key][0])
-        else:
-            classes, g = LEAST_FREQUENT_LABEL, least_frequent_g(efl.pos_neg.cpu(), efl.pos_grad.cpu())
+        classes, g = watched_classes_g(latest[key][0] if key in latest else None,
+                                       efl.pos_neg.cpu(), efl.pos_grad.cpu())
         self.note = focal_like_note(g, classes, efl.gamma_b, efl.scale_factor,
                                     f"after {done} of {self.trainer.max_iter} iterations")
         if self.note:

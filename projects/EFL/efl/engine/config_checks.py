@@ -27,14 +27,16 @@ from ..losses import DenseClassificationLoss
 __all__ = ["load_config", "apply_overrides", "check_device", "check_efl_hyperparameters"]
 
 
-def load_config(config_file: str, overrides: Sequence[str] = ()):
-    """``LazyConfig.load`` + :func:`apply_overrides` + :func:`check_device` +
+def load_config(config_file: str, overrides: Sequence[str] = (), device_check: bool = True):
+    """``LazyConfig.load`` + :func:`apply_overrides` + :func:`check_device` (unless not
+    ``device_check``: e.g. on a submitting machine without the GPUs) +
     :func:`check_efl_hyperparameters`."""
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file {config_file} not found (--config-file).")
     cfg = LazyConfig.load(config_file)
     apply_overrides(cfg, overrides)
-    check_device(cfg)
+    if device_check:
+        check_device(cfg)
     check_efl_hyperparameters(cfg)
     return cfg
 

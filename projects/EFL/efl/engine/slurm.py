@@ -68,15 +68,9 @@ def split_train_args(train_args: Sequence[str]) -> argparse.Namespace:
 def _check_config(config_file: str, overrides: Sequence[str]) -> None:
     """Config errors now rather than in the queue; not the device check (the submitting
     machine often has no GPU)."""
-    from detectron2.config import LazyConfig
+    from .config_checks import load_config
 
-    from .config_checks import apply_overrides, check_efl_hyperparameters
-
-    if not os.path.isfile(config_file):
-        raise InputError(f"Config file {config_file} not found (--config-file).")
-    cfg = LazyConfig.load(config_file)
-    apply_overrides(cfg, overrides)
-    check_efl_hyperparameters(cfg)
+    load_config(config_file, overrides, device_check=False)
 
 
 class TrainNetJob(Checkpointable):

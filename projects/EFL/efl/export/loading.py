@@ -2,6 +2,7 @@
 from the checkpoint (a tensor of another shape or one missing is an error naming it),
 except the loss modules' state, which inference does not use."""
 
+import contextlib
 import copy
 import logging
 import os
@@ -9,7 +10,7 @@ import warnings
 
 from torch import nn
 
-from ..checkpoint import EFLCheckpointer
+from ..checkpoint import EFLCheckpointer, fit_problems
 from ..errors import CheckpointError
 from ..losses import statistics_losses
 
@@ -18,13 +19,26 @@ __all__ = ["build_inference_model", "load_weights", "quiet_inference_logs"]
 logger = logging.getLogger(__name__)
 
 
-def quiet_inference_logs() -> None:
-    """For the command-line tools: weights that do not fit are one error paragraph
+QUIET_LOGGERS = ("fvcore", "detectron2", "efl.checkpoint", "efl.engine")
+
+
+@contextlib.contextmanager
+def quiet_inference_logs():
+    """Around a command-line tool's work: weights that do not fit are one error paragraph
     (:func:`load_weights`), not the checkpointer's per-tensor log; no model printout and no
-    torch.jit deprecation notes."""
-    for name in ("fvcore", "detectron2", "efl.checkpoint", "efl.engine"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
+    torch.jit deprecation notes. The loggers' levels and the warning filters are restored
+    on exit, so a caller in the same process (a test, a notebook) keeps its own."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is deprecated", category=FutureWarning)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 class _Recording(EFLCheckpointer):
@@ -60,21 +74,11 @@ def load_weights(model: nn.Module, path: str) -> None:
     if incompatible is None:  # nothing loaded (fvcore returns early for an empty path)
         return
     loss_prefixes = tuple(f"{n}." for n, _ in statistics_losses(model))
-    shapes = [(k, c, m) for k, c, m in incompatible.incorrect_shapes
-              if not k.startswith(loss_prefixes)]
-    reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
-    missing = [k for k in incompatible.missing_keys
-               if k not in reshaped and not k.startswith(loss_prefixes)]
-    problems = [f"{k} is {tuple(c)} in the checkpoint but {tuple(m)} in the model"
-                for k, c, m in shapes]
-    if missing:
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        problems.append(f"not in the checkpoint: {', '.join(missing[:5])}{more}")
+    problems = fit_problems(incompatible, exempt=loss_prefixes, unexpected=False)
     if problems:
         raise CheckpointError(
             f"The weights in {path} do not fit the model of this config: "
-            + "; ".join(problems[:6])
-            + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else "")
+            + "; ".join(problems)
             + ". Use the config the checkpoint was trained with (same model and "
             "model.num_classes), or a checkpoint trained with this one."
         )

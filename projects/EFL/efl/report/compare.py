@@ -25,9 +25,9 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from typing import Dict, List, Sequence
 
+from ..io import remove_stale_dirs, replace_dir, temporary_dir
 from .plots import draw_plots
 from .runs import Run, class_groups, load_gt, load_run, shown_metrics
 from .tables import jsonable, main_table, summarize_models, summary_md
@@ -98,10 +98,8 @@ def build_report(
              "no EFL state plot and no detections panel")
 
     # 2. Build in a temporary sibling folder; rename at the end.
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    remove_stale_dirs(out_dir)
+    tmp = temporary_dir(out_dir)
     try:
         summary = {
             "generator": GENERATOR,
@@ -122,7 +120,7 @@ def build_report(
             json.dump(jsonable(summary), f, indent=2)
         with open(os.path.join(tmp, "summary.md"), "w") as f:
             f.write(summary_md(summary, table))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -208,13 +206,3 @@ def _check_out_dir(out_dir: str, run_dirs: Sequence[str]) -> None:
         f"{out_dir} exists and holds files that are not a report ({sorted(entries)[:5]}); "
         "it would be replaced: choose another report folder"
     )
-
-
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    if os.path.lexists(out_dir):
-        old = f"{out_dir}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)

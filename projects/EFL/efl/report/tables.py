@@ -2,12 +2,14 @@
 frequency group, the fixed-width tables and ``summary.md``."""
 
 import math
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..activity import LEAST_FREQUENT_LABEL, RARE_LABEL, focal_like_note, least_frequent_g
-from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES, RARE
+from ..activity import focal_like_note, watched_classes_g
+from ..groups import group_means
+from ..records import ALL_CLASSES, GROUP_NAMES, RARE
 from .runs import METRICS, Run
 
 __all__ = ["format_table"]
@@ -63,15 +65,11 @@ def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
     if run.efl_state is None:
         return None
     g, gamma = run.efl_state["pos_neg"], run.efl_state["gamma"]
-    out = {ALL_CLASSES: {"classes": int(g.size), "g": float(g.mean()), "gamma": float(gamma.mean())}}
-    if groups is not None and len(groups) == g.size:
-        arr = np.array(groups)
-        for grp in FREQUENCY_GROUPS:
-            mask = arr == grp
-            if mask.any():
-                out[grp] = {"classes": int(mask.sum()), "g": float(g[mask].mean()),
-                            "gamma": float(gamma[mask].mean())}
-    return out
+    groups = groups if groups is not None and len(groups) == g.size else None
+    sizes = {ALL_CLASSES: int(g.size), **Counter(groups or ())}
+    g_means, gamma_means = (group_means(x, groups, all_classes=True) for x in (g, gamma))
+    return {grp: {"classes": sizes[grp], "g": g_means[grp], "gamma": gamma_means[grp]}
+            for grp in g_means}
 
 
 def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
@@ -79,13 +77,8 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     g, or without groups the least frequent classes'."""
     if run.efl_state is None or not run.info.statistics_loss:
         return None
-    if efl_groups and RARE in efl_groups:
-        classes, g = RARE_LABEL, efl_groups[RARE]["g"]
-    elif "pos_grad" in run.efl_state:
-        classes, g = LEAST_FREQUENT_LABEL, least_frequent_g(run.efl_state["pos_neg"],
-                                                            run.efl_state["pos_grad"])
-    else:
-        return None
+    rare_g = efl_groups[RARE]["g"] if efl_groups and RARE in efl_groups else None
+    classes, g = watched_classes_g(rare_g, run.efl_state["pos_neg"], run.efl_state.get("pos_grad"))
     return focal_like_note(g, classes, run.info.statistics_loss["gamma_b"], run.info.statistics_loss["scale_factor"],
                            f"at the end of training (iteration {run.iteration})")
 

@@ -4,8 +4,6 @@ folder, renamed into place when complete, with a manifest that keys the cache.""
 import json
 import os
 import shutil
-import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -13,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from ...io import remove_stale_dirs, replace_dir, temporary_dir
 from ...records import FREQUENCY_GROUPS
 from .config import SyntheticLongTailConfig
 from .draw import render_image
@@ -201,35 +200,6 @@ def is_complete(root, cfg: Optional[SyntheticLongTailConfig] = None) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_stale_siblings(root: Path) -> None:
-    """Delete temp/old folders of ``root`` left by killed runs (their pid is gone)."""
-    prefixes = (f".{root.name}.tmp-", f".{root.name}.old-")
-    try:
-        entries = list(os.scandir(root.parent))
-    except OSError:
-        return
-    for e in entries:
-        if not e.is_dir(follow_symlinks=False) or not e.name.startswith(prefixes):
-            continue
-        prefix = next(x for x in prefixes if e.name.startswith(x))
-        try:
-            pid = int(e.name[len(prefix) :].split("-")[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(e.path, ignore_errors=True)
-
-
 def _check_owned(root: Path) -> None:
     if not root.exists():
         return
@@ -266,22 +236,16 @@ def generate_synthetic_lvis(
         return paths
     _check_owned(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(root)
+    remove_stale_dirs(root)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-{os.getpid()}-", dir=root.parent))
+    tmp = Path(temporary_dir(root))
     try:
         _generate_into(tmp, cfg, progress)
         if not force and is_complete(root, cfg):  # a concurrent run finished first
             return paths
         _check_owned(root)
         try:
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-                os.rename(root, old)
-                os.rename(tmp, root)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, root)
+            replace_dir(tmp, root)
         except OSError:
             # another process (e.g. a second worker) put its copy in place meanwhile
             if not is_complete(root, cfg):
