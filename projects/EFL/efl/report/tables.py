@@ -8,7 +8,7 @@ import numpy as np
 
 from ..activity import LEAST_FREQUENT_LABEL, RARE_LABEL, focal_like_note, least_frequent_g
 from ..records import ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES, RARE
-from .runs import METRICS, Run
+from .runs import METRICS, Run, efl_params
 
 __all__ = ["format_table"]
 
@@ -41,7 +41,7 @@ def summarize_models(runs: Dict[str, List[Run]], labels: Sequence[str],
                 "name": run.name, "path": run.path, "seed": run.seed,
                 "iteration": run.iteration, "max_iter": run.info.max_iter,
                 "meta_architecture": run.info.meta_architecture,
-                "efl": run.info.efl, "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
+                "efl": efl_params(run.info), "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
                 "efl_groups": efl_groups, "efl_note": _focal_like(run, efl_groups),
                 "machine": run.info.machine(),
                 "label": label,
@@ -62,22 +62,29 @@ def _model_summary(runs: List[Run], metrics: Sequence[str]) -> dict:
 def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
     if run.efl_state is None:
         return None
-    g, gamma = run.efl_state["pos_neg"], run.efl_state["gamma"]
-    out = {ALL_CLASSES: {"classes": int(g.size), "g": float(g.mean()), "gamma": float(gamma.mean())}}
+    g, gamma = run.efl_state["pos_neg"], run.efl_state.get("gamma")
+
+    def stats(mask):
+        out = {"classes": int(mask.sum()), "g": float(g[mask].mean())}
+        if gamma is not None:  # EFL runs; other losses' statistics have no focusing factor
+            out["gamma"] = float(gamma[mask].mean())
+        return out
+
+    out = {ALL_CLASSES: stats(np.ones(g.shape, dtype=bool))}
     if groups is not None and len(groups) == g.size:
         arr = np.array(groups)
         for grp in FREQUENCY_GROUPS:
             mask = arr == grp
             if mask.any():
-                out[grp] = {"classes": int(mask.sum()), "g": float(g[mask].mean()),
-                            "gamma": float(gamma[mask].mean())}
+                out[grp] = stats(mask)
     return out
 
 
 def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     """:func:`efl.activity.focal_like_note` on the run's final state: the rare group's mean
     g, or without groups the least frequent classes'."""
-    if run.efl_state is None or not run.info.efl:
+    params = efl_params(run.info)
+    if run.efl_state is None or params is None:
         return None
     if efl_groups and RARE in efl_groups:
         classes, g = RARE_LABEL, efl_groups[RARE]["g"]
@@ -86,7 +93,7 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
                                                             run.efl_state["pos_grad"])
     else:
         return None
-    return focal_like_note(g, classes, run.info.efl["gamma_b"], run.info.efl["scale_factor"],
+    return focal_like_note(g, classes, params["gamma_b"], params["scale_factor"],
                            f"at the end of training (iteration {run.iteration})")
 
 
@@ -170,7 +177,7 @@ def summary_md(summary: dict, table: str) -> str:
         for label, name, groups in states:
             for grp, st in groups.items():
                 rows.append([label, name, GROUP_NAMES.get(grp, grp), str(st["classes"]),
-                             f"{st['g']:.3f}", f"{st['gamma']:.2f}"])
+                             f"{st['g']:.3f}", fmt(st.get("gamma", math.nan))])
         lines += [format_table(header, rows, "lllrrr"), ""]
     lines += ["## Runs", ""]
     rows = []
