@@ -41,7 +41,17 @@ class GridRun:
     def train_opts(self, output_dir: str) -> List[str]:
         """This run's overrides for train_net.py (after the sweep's extra ones)."""
         return ([f"{k}={v}" for k, v in self.overrides.items()]
-                + [f"train.output_dir={output_dir}", f"train.seed={self.seed}"])
+                + [f"train.output_dir={quoted(output_dir)}", f"train.seed={self.seed}"])
+
+
+def quoted(path: str) -> str:
+    """``path`` as the value of a Detectron2 (Hydra) override: single-quoted when it holds
+    characters the override grammar reads otherwise (``=`` of the run folders, spaces)."""
+    if re.fullmatch(r"[\w/.+-]*", path):
+        return path
+    if "'" in path:
+        raise InputError(f"the folder {path!r} holds a single quote; choose an --out without one")
+    return f"'{path}'"
 
 
 def parse_set(text: str) -> Tuple[str, List[str]]:
