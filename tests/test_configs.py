@@ -20,6 +20,7 @@ TWINS = [
     ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_50_FPN_24ep.py"),
     ("LVISv1/focal_improved_R_101_FPN_24ep.py", "LVISv1/efl_improved_R_101_FPN_24ep.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_efl.py"),
+    ("Synthetic/retinanet_focal_families.py", "Synthetic/retinanet_efl_families.py"),
 ]
 
 
