@@ -7,6 +7,7 @@
     python tools/sweep.py --config-file configs/Synthetic/retinanet_efl.py \\
         --set model.cls_loss.scale_factor=0,8 --set model.cls_loss.gamma_b=1,2 \\
         --seeds 0,1 --out output/sweep_small train.max_iter=500     # 2 x 2 x 2 runs
+    python tools/sweep.py ... --num-gpus 8                 # this machine, 8 GPUs per run
     python tools/sweep.py ... --slurm --nodes 1 --gpus-per-node 8 --partition gpu
     python tools/compare.py --sweep output/sweep_s --baseline scale_factor=0 --out R
 
@@ -35,6 +36,8 @@ def parse_args(argv=None):
                    help="a config key and its values (repeat for a product grid)")
     p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="the sweep's folder")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="processes per run on this machine (train_net.py --num-gpus)")
     p.add_argument("--dry-run", action="store_true", help="check the grid and list the runs")
     s = p.add_argument_group("SLURM (tools/submit_slurm.py's options, per run)")
     s.add_argument("--slurm", action="store_true", help="submit one job per run")
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
             print(f"[sweep] {run.name}: {sweep.state(run)}")
         return 0
     if not args.slurm:
-        return sweep.run_local()
+        return sweep.run_local(args.num_gpus)
     try:
         sweep.submit(resubmit=args.resubmit, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                      timeout_min=args.timeout, partition=args.partition,

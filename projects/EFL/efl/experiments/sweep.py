@@ -161,9 +161,9 @@ class Sweep:
         write_json_atomic(os.path.join(self.folder(run), STAMP), {**self._settings(run), **extra})
 
     # ----- one after another on this machine -------------------------------------------
-    def run_local(self) -> int:
-        """Train every run that has not finished; 0 when all finished, 1 when one failed
-        (the others still ran)."""
+    def run_local(self, num_gpus: int = 1) -> int:
+        """Train every run that has not finished (``train_net.py --num-gpus num_gpus``);
+        0 when all finished, 1 when one failed (the others still ran)."""
         self._start()
         failed = []
         for i, run in enumerate(self.runs, 1):
@@ -175,7 +175,8 @@ class Sweep:
             args = self._prepare(run, state)
             self.log(f"{head}: {'resuming' if state == 'cut' else 'training'} -> {self.folder(run)}")
             start = time.time()
-            code = _run_child([sys.executable, TRAIN_NET, *args])
+            gpus = ["--num-gpus", str(num_gpus)] if num_gpus > 1 else []
+            code = _run_child([sys.executable, TRAIN_NET, *gpus, *args])
             if code != 0:
                 failed.append(run.name)
                 self.log(f"{head}: failed (exit {code}); see {self.folder(run)}/log.txt")
