@@ -146,6 +146,8 @@ def test_a_killed_sweep_resumes_its_cut_run_and_a_rerun_completes_the_grid(tiny_
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its train_net.py
         proc.communicate()
     assert not (first / "results.json").exists() and not (out / "lr=0.005_seed0").exists()
+    resumed_from = (first / "last_checkpoint").read_text().strip()  # model_000000N.pth
+    start = int(resumed_from[len("model_"):-len(".pth")]) + 1
 
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
@@ -155,8 +157,20 @@ def test_a_killed_sweep_resumes_its_cut_run_and_a_rerun_completes_the_grid(tiny_
     for name in ("lr=0.01_seed0", "lr=0.005_seed0"):
         with open(out / name / "results.json") as f:
             assert json.load(f)["iteration"] == 12
-    assert "Resuming" in (first / "log.txt").read_text() or "resum" in (
-        first / "log.txt").read_text().lower()
+    assert f"Starting training from iteration {start}" in (first / "log.txt").read_text()
 
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished, skipped") == 2
+
+
+def test_a_run_is_finished_when_its_results_are_at_max_iter(tmp_path):
+    from efl.records import RunRecord, run_finished
+
+    assert not run_finished(str(tmp_path))  # nothing there
+    RunRecord(max_iter=10).write(str(tmp_path))
+    assert not run_finished(str(tmp_path))  # started, never evaluated
+    for iteration, done in ((8, False), (10, True)):
+        (tmp_path / "results.json").write_text(json.dumps({"iteration": iteration, "results": {}}))
+        assert run_finished(str(tmp_path)) is done
+    (tmp_path / "results.json").write_text('{"iteration": 10, "resu')  # cut off
+    assert not run_finished(str(tmp_path))
