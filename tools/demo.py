@@ -7,6 +7,9 @@ LVISEvaluator, and write a comparison report (table + plots).
     python tools/demo.py --seeds 0 1 2        # three training seeds: per-seed table + mean
     python tools/demo.py --detector improved  # the authors' improved detector (ATSS) instead
     python tools/demo.py --detector quality   # its quality-score variant, QFL vs EQFL
+    python tools/demo.py --losses focal,eql,eqlv2,efl   # any set of losses with a config
+                                              # configs/Synthetic/<detector>_<loss>.py:
+                                              # the N-way report, a row per loss
 
 Each run is ``train_net.py`` in its own process; a finished run is reused when the demo
 is started again with the same settings, an interrupted one resumes from its last
@@ -22,16 +25,17 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTORS = {  # --detector -> {loss: config}
-    "retinanet": {"focal": "configs/Synthetic/retinanet_focal.py",
-                  "efl": "configs/Synthetic/retinanet_efl.py"},
-    "improved": {"focal": "configs/Synthetic/improved_focal.py",
-                 "efl": "configs/Synthetic/improved_efl.py"},
-    # the baseline's role is "focal", the equalized loss's "efl"; LABELS names them
-    "quality": {"focal": "configs/Synthetic/quality_qfl.py",
-                "efl": "configs/Synthetic/quality_eqfl.py"},
+CONFIGS = os.path.join("configs", "Synthetic")  # <detector>_<loss>.py, relative to ROOT
+DETECTORS = {  # --detector -> (config prefix, default losses: baseline first)
+    "retinanet": ("retinanet", ("focal", "efl")),
+    "improved": ("improved", ("focal", "efl")),
+    "quality": ("quality", ("qfl", "eqfl")),
 }
-LABELS = {"quality": ("QFL", "EQFL")}  # --detector -> report labels (default focal / EFL)
+# Today's run folders of the default pairs: the baseline's role is "focal", the equalized
+# loss's "efl" (quality_focal holds QFL); other losses' folders are named after the loss.
+ROLE_FOLDERS = {"quality": {"qfl": "focal", "eqfl": "efl"}}
+LOSS_LABELS = {"focal": "focal", "efl": "EFL", "qfl": "QFL", "eqfl": "EQFL", "eql": "EQL",
+               "eqlv2": "EQLv2"}
 STAMP = "demo_run.json"
 
 
@@ -42,6 +46,11 @@ def parse_args(argv=None):
                    help="retinanet: Detectron2's RetinaNet (default); improved: the EFL "
                         "authors' ATSS-style detector (ATSSRetinaNet); quality: its "
                         "quality-score variant, QFL vs EQFL (QualityATSSRetinaNet)")
+    p.add_argument("--losses", default=None, metavar="LOSS,LOSS,...",
+                   help="the losses to train and compare, the first one the baseline "
+                        "(configs/Synthetic/<detector>_<loss>.py; default focal,efl, or "
+                        "qfl,eqfl with --detector quality); more than the default pair "
+                        "gives the N-way report, a row per loss")
     p.add_argument("--output", default="output/demo", help="folder for runs and report")
     p.add_argument("--opts", nargs="*", default=[],
                    help="extra key=value config overrides for both models, e.g. train.max_iter=500")
@@ -49,18 +58,38 @@ def parse_args(argv=None):
 
 
 def _finished(out_dir, settings):
-    """A run with these settings whose final evaluation was written."""
-    from efl.records import RunRecord
+    """A run with these settings that trained to its end (efl.records.run_finished)."""
+    from efl.records import run_finished
 
     try:
         with open(os.path.join(out_dir, STAMP)) as f:
             same = json.load(f) == settings
-        with open(os.path.join(out_dir, "results.json")) as f:
-            results = json.load(f)
-        done = results["iteration"] == RunRecord.read(out_dir).max_iter
-        return same and done
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
         return False
+    return same and run_finished(out_dir)
+
+
+def loss_configs(detector, losses):
+    """{loss: config path relative to ROOT} for ``losses`` (a comma-separated text or None:
+    the detector's default pair); InputError listing the configs that exist when one is
+    missing."""
+    from efl.errors import InputError
+
+    prefix, default = DETECTORS[detector]
+    names = list(default) if losses is None else [x.strip() for x in losses.split(",")]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise InputError(f"--losses {losses!r} is not a comma-separated list of distinct loss "
+                         f"names (e.g. --losses {','.join(default)})")
+    configs = {n: os.path.join(CONFIGS, f"{prefix}_{n}.py") for n in names}
+    missing = [n for n, c in configs.items() if not os.path.isfile(os.path.join(ROOT, c))]
+    if missing:
+        have = sorted(f[len(prefix) + 1:-3] for f in os.listdir(os.path.join(ROOT, CONFIGS))
+                      if f.startswith(prefix + "_") and f.endswith(".py"))
+        raise InputError(
+            f"--losses: no config for {', '.join(missing)} with --detector {detector} (looked "
+            f"for {', '.join(configs[n] for n in missing)}). The losses with a config "
+            f"{CONFIGS}/{prefix}_<loss>.py are: {', '.join(have)}.")
+    return configs
 
 
 def train(name, config, seed, out_dir, opts):
@@ -96,31 +125,45 @@ def train(name, config, seed, out_dir, opts):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    from efl.errors import InputError
+
+    try:
+        configs = loss_configs(args.detector, args.losses)
+    except InputError as e:
+        print(f"[demo] error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     output = os.path.abspath(args.output)
-    models = DETECTORS[args.detector]
     prefix = "" if args.detector == "retinanet" else f"{args.detector}_"
-    runs = {name: [] for name in models}
+    folders = {n: ROLE_FOLDERS.get(args.detector, {}).get(n, n) for n in configs}
+    runs = {name: [] for name in configs}
     for seed in args.seeds:
-        for name, config in models.items():
-            out_dir = os.path.join(output, f"seed{seed}", prefix + name)
-            train(prefix + name, config, seed, out_dir, args.opts)
+        for name, config in configs.items():
+            out_dir = os.path.join(output, f"seed{seed}", prefix + folders[name])
+            train(prefix + folders[name], config, seed, out_dir, args.opts)
             runs[name].append(out_dir)
 
-    from efl.report import build_report
+    from efl.report import build_nway_report, build_report
 
     report_dir = os.path.join(output, prefix + "report")
-    labels = LABELS.get(args.detector, ("focal", "EFL"))
-    report = build_report(runs["focal"], runs["efl"], report_dir, labels=labels)
+    labels = {n: LOSS_LABELS.get(n, n) for n in configs}
+    pair = tuple(configs) == DETECTORS[args.detector][1]
+    if pair:  # today's two-model report (detections panel, EFL state and loss curves)
+        base, eq = configs
+        report = build_report(runs[base], runs[eq], report_dir, labels=(labels[base], labels[eq]))
+    else:
+        report = build_nway_report({labels[n]: runs[n] for n in configs}, report_dir)
     print(f"\n[demo] report: {report_dir} ({', '.join(sorted(os.listdir(report_dir)))})")
     print(f"[demo] wall time: {(time.time() - start) / 60:.1f} min")
-    for model in report["models"].values():
+    models = report["models"] if pair else report["settings"]
+    for model in models.values():
         for run in model["runs"]:
             print(f"[demo] {model['label']} {run['name']} trained on: {run['machine']}")
-            if run["efl_note"]:
+            if run.get("efl_note"):
                 print(f"[demo] {model['label']} {run['name']}: {run['efl_note']}")
     print()
     print(report["table"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

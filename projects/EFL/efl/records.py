@@ -34,6 +34,8 @@ __all__ = [
     "BadRunFolder",
     "need_file",
     "read_json",
+    "RESULTS",
+    "run_finished",
 ]
 
 def cpu_model() -> str:
@@ -150,3 +152,19 @@ class RunRecord:
             name = "EqualizedFocalLoss" if old.get("alpha") is not None else "EqualizedQualityFocalLoss"
             info = {**info, "cls_loss": {"name": name, **{k: v for k, v in old.items() if v is not None}}}
         return cls(**{f.name: info[f.name] for f in fields(cls) if f.name in info})
+
+
+RESULTS = "results.json"  # the trainer's last evaluation: {"iteration": N, "results": ...}
+
+
+def run_finished(folder: str) -> bool:
+    """Whether the training in ``folder`` ran to its end: its ``results.json`` holds the
+    evaluation at ``max_iter`` of its ``run_info.json`` (the trainer evaluates once more
+    after the last iteration). The one definition the demo and the sweep use."""
+    try:
+        with open(os.path.join(folder, RESULTS)) as f:
+            iteration = json.load(f)["iteration"]
+        max_iter = RunRecord.read(folder).max_iter
+    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return False
+    return max_iter is not None and iteration == max_iter

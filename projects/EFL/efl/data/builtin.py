@@ -3,6 +3,10 @@
 - ``synthetic_lt_train`` / ``synthetic_lt_val``: the embedded long-tailed dataset
   (:mod:`efl.data.synthetic`, default parameters) under ``$DETECTRON2_DATASETS/synthetic_lt``,
   generated on first use.
+- ``synthetic_lt_families_train`` / ``_val``: the same with LVIS's structure
+  (:data:`FAMILY_DATA`: 16 families of 4 - a frequent parent and three relatives of its
+  shape and colour differing in a small mark - and 56 classes as above) under
+  ``$DETECTRON2_DATASETS/synthetic_lt_families``; configs/Synthetic/retinanet_*_families.py.
 """
 
 import os
@@ -10,7 +14,9 @@ import os
 from .lvis import datasets_root, register_lvis_format
 from .synthetic import SyntheticLongTailConfig, dataset_paths, generate_synthetic_lvis
 
-__all__ = ["register_synthetic"]
+__all__ = ["register_synthetic", "FAMILY_DATA"]
+
+FAMILY_DATA = SyntheticLongTailConfig(families=16, family_size=4)
 
 
 def register_synthetic(prefix: str, root: str, cfg: SyntheticLongTailConfig = None) -> None:
@@ -28,3 +34,5 @@ def register_synthetic(prefix: str, root: str, cfg: SyntheticLongTailConfig = No
 
 
 register_synthetic("synthetic_lt", os.path.join(datasets_root(), "synthetic_lt"))
+register_synthetic("synthetic_lt_families", os.path.join(datasets_root(), "synthetic_lt_families"),
+                   FAMILY_DATA)

@@ -29,7 +29,7 @@ from typing import Dict, List, Sequence
 
 from ..io import remove_stale_dirs, replace_dir, temporary_dir
 from .plots import draw_plots
-from .runs import Run, class_groups, load_gt, load_run, shown_metrics
+from .runs import Run, class_groups, efl_params, load_gt, load_run, shown_metrics
 from .tables import jsonable, main_table, summarize_models, summary_md
 
 __all__ = ["REPORT_FILES", "build_report"]
@@ -163,11 +163,11 @@ def _check_runs(runs: Dict[str, List[Run]], labels: Sequence[str], warn) -> List
     """Warn about swapped folders and runs evaluated on different data; returns the
     names of the test datasets."""
     for run in runs[labels[0]]:
-        if run.info.statistics_loss:
+        if efl_params(run.info):
             warn(f"baseline ({labels[0]}) run {run.path} is an EFL model "
                  f"({run.info.meta_architecture}): are the folders swapped?")
     for run in runs[labels[1]]:
-        if not run.info.statistics_loss:
+        if not efl_params(run.info):
             warn(f"{labels[1]} run {run.path} is not an EFL model "
                  f"({run.info.meta_architecture}): it has no EFL state to plot")
     every = runs[labels[0]] + runs[labels[1]]
@@ -183,7 +183,10 @@ def _check_runs(runs: Dict[str, List[Run]], labels: Sequence[str], warn) -> List
     return test_names
 
 
-def _check_out_dir(out_dir: str, run_dirs: Sequence[str]) -> None:
+def _check_out_dir(out_dir: str, run_dirs: Sequence[str], files: Sequence[str] = REPORT_FILES
+                   ) -> None:
+    """Refuse a report folder that holds or would replace anything but a report (this
+    one's ``files``, or a folder whose summary.json an efl.report generator wrote)."""
     for d in run_dirs:
         d = os.path.abspath(d)
         if d == out_dir or d.startswith(out_dir + os.sep):
@@ -194,11 +197,11 @@ def _check_out_dir(out_dir: str, run_dirs: Sequence[str]) -> None:
     if not os.path.isdir(out_dir):
         raise ValueError(f"{out_dir} exists and is not a folder; choose another report folder")
     entries = set(os.listdir(out_dir))
-    if not entries or entries <= set(REPORT_FILES):
+    if not entries or entries <= set(files):
         return
     try:
         with open(os.path.join(out_dir, "summary.json")) as f:
-            if json.load(f).get("generator") == GENERATOR:
+            if str(json.load(f).get("generator")).startswith("efl.report"):
                 return
     except (OSError, ValueError, AttributeError):
         pass

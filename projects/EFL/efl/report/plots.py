@@ -9,7 +9,7 @@ import numpy as np
 
 from ..records import (ALL_CLASSES, FREQUENCY_GROUPS, GROUP_NAMES, RARE, SUMMARY_GROUPS,
                        efl_summary_key)
-from .runs import Run, collect_detections, image_path, pick_images
+from .runs import Run, collect_detections, efl_params, image_path, pick_images
 from .tables import fmt
 
 __all__ = ["draw_plots"]
@@ -146,7 +146,7 @@ def _plain_log_ticks(ax, values) -> None:
 
 def plot_efl_state(path: str, efl_runs: List[Run], gt: dict, label: str) -> Optional[str]:
     """Returns None, or why the plot was skipped."""
-    runs = [r for r in efl_runs if r.efl_state is not None]
+    runs = [r for r in efl_runs if r.efl_state is not None and "gamma" in r.efl_state]
     if not runs:
         return f"no {label} run has an EFL state (run_info.json 'cls_loss' has no EFL state)"
     cats = [gt["categories"].get(i) for i in range(1, runs[0].efl_state["pos_neg"].size + 1)]
@@ -163,7 +163,7 @@ def plot_efl_state(path: str, efl_runs: List[Run], gt: dict, label: str) -> Opti
     groups = np.array([c.get("frequency", "?") for c in cats])
     g_all = np.stack([r.efl_state["pos_neg"] for r in runs])
     gamma_all = np.stack([r.efl_state["gamma"] for r in runs])
-    params = runs[0].info.statistics_loss
+    params = efl_params(runs[0].info)
     n = len(runs)
     size = 14 if len(cats) <= 200 else 6
 

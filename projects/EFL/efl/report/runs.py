@@ -17,7 +17,8 @@ from ..losses import efl_gamma, efl_pos_neg
 from ..records import (COMMON, RARE, BadRunFolder, MissingRunFile, RunRecord, need_file,
                        read_json)
 
-__all__ = ["METRICS", "shown_metrics", "Run", "load_run", "read_metrics", "load_gt", "class_groups"]
+__all__ = ["METRICS", "shown_metrics", "Run", "load_run", "read_metrics", "load_gt", "class_groups",
+           "loss_state_entry", "efl_params"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class Run:
     bbox: Dict[str, float]  # results.json's bbox metrics (percent; NaN when undefined)
     iteration: int  # the iteration results.json was evaluated at
     metrics: Dict[str, Tuple[np.ndarray, np.ndarray]]  # metrics.json: key -> (iters, values)
-    efl_state: Optional[Dict[str, np.ndarray]] = None  # pos_neg, gamma (K,) of EFL runs
+    # pos_neg (K,) of runs with loss statistics; gamma (K,) too for EFL runs
+    efl_state: Optional[Dict[str, np.ndarray]] = None
     name: str = ""  # "seed 0", or "run 2" without a seed; set by build_report
 
     @property
@@ -103,12 +105,37 @@ def read_metrics(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
-    """Final per-class g and gamma from ``model_final.pth``."""
+
+def loss_state_entry(state: Dict, name: str) -> Optional[np.ndarray]:
+    """The loss-state tensor ``name`` (pos_neg, pos_grad, neg_grad) of a checkpoint's model
+    state as a float32 array, under either name of the loss submodule (``cls_loss.<name>``
+    or ``efl.<name>``, possibly nested, e.g. ``module.cls_loss.pos_neg``); None if absent.
+    The one place the report knows those key names."""
     import torch
 
     from ..checkpoint import rename_legacy_loss_keys
 
+    for key, value in rename_legacy_loss_keys(state).items():
+        if key == f"cls_loss.{name}" or key.endswith(f".cls_loss.{name}"):
+            return value.detach().to(torch.float32).cpu().numpy().copy()
+    return None
+
+
+def efl_params(info: RunRecord) -> Optional[Dict[str, float]]:
+    """gamma_b, scale_factor (and the rest) of a run trained with EFL / EQFL, from its run
+    record; None for any other loss. The one place the report reads them."""
+    return info.statistics_loss
+
+
+def _read_efl_state(folder: str, info: RunRecord, required: bool = True
+                    ) -> Optional[Dict[str, np.ndarray]]:
+    """Final per-class g (and gamma for EFL runs) from ``model_final.pth``. ``required``:
+    raise when the checkpoint or the state is missing (EFL runs); otherwise None (a run
+    of another loss has statistics only when its tap was on)."""
+    import torch
+
+    if not required and not os.path.isfile(os.path.join(folder, "model_final.pth")):
+        return None
     path = need_file(
         folder, "model_final.pth",
         "the EFL state plot reads the final per-class state (cls_loss.pos_neg) from it; did "
@@ -126,29 +153,26 @@ def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
         raise BadRunFolder(f"{path} holds no state dict (expected a dict with 'model')")
     state = rename_legacy_loss_keys(state)  # folders written when the loss was "efl"
 
-    def find(name):
-        for key, value in state.items():
-            if key == f"cls_loss.{name}" or key.endswith(f".cls_loss.{name}"):
-                return value.detach().to(torch.float32).cpu().numpy().copy()
-        return None
-
-    pos_neg, pos, neg = find("pos_neg"), find("pos_grad"), find("neg_grad")
+    pos_neg, pos, neg = (loss_state_entry(state, n) for n in ("pos_neg", "pos_grad", "neg_grad"))
     if pos_neg is None and pos is not None and neg is not None:
         pos_neg = efl_pos_neg(pos, neg)
     if pos_neg is None:
+        if not required:
+            return None
         raise BadRunFolder(
-            f"{path} has no EFL state (cls_loss.pos_neg) in its model: is {folder} an EFL run? "
-            f"(meta_architecture {info.meta_architecture!r})"
+            f"{path} has no EFL state (cls_loss.pos_neg) in its model: is {folder} an EFL "
+            f"run? (meta_architecture {info.meta_architecture!r})"
         )
     num_classes = info.num_classes
     if num_classes is not None and pos_neg.shape != (num_classes,):
         raise BadRunFolder(
-            f"{path}: cls_loss.pos_neg has shape {pos_neg.shape} but run_info.json says "
+            f"{path}: the loss state pos_neg has shape {pos_neg.shape} but run_info.json says "
             f"num_classes={num_classes}"
         )
-    params = info.statistics_loss
-    gamma = efl_gamma(pos_neg, params["gamma_b"], params["scale_factor"])
-    out = {"pos_neg": pos_neg, "gamma": gamma}
+    out = {"pos_neg": pos_neg}
+    params = efl_params(info)
+    if params is not None:
+        out["gamma"] = efl_gamma(pos_neg, params["gamma_b"], params["scale_factor"])
     if pos is not None and neg is not None:
         out.update(pos_grad=pos, neg_grad=neg)
     return out
@@ -192,8 +216,7 @@ def load_run(path: str, model: str = "", need_detections: bool = False) -> Run:
     )
     run = Run(path=path, model=model, info=info, bbox=bbox, iteration=iteration,
               metrics=read_metrics(metrics_path))
-    if info.statistics_loss:
-        run.efl_state = _read_efl_state(path, info)
+    run.efl_state = _read_efl_state(path, info, required=efl_params(info) is not None)
     if need_detections:
         need_file(path, DETECTIONS_FILE,
                   "LVISEvaluator writes it when it has an output_dir (the trainer sets "

@@ -10,7 +10,7 @@ import numpy as np
 from ..activity import focal_like_note, watched_classes_g
 from ..groups import group_means
 from ..records import ALL_CLASSES, GROUP_NAMES, RARE
-from .runs import METRICS, Run
+from .runs import METRICS, Run, efl_params
 
 __all__ = ["format_table"]
 
@@ -64,22 +64,25 @@ def _model_summary(runs: List[Run], metrics: Sequence[str]) -> dict:
 def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
     if run.efl_state is None:
         return None
-    g, gamma = run.efl_state["pos_neg"], run.efl_state["gamma"]
+    g, gamma = run.efl_state["pos_neg"], run.efl_state.get("gamma")
     groups = groups if groups is not None and len(groups) == g.size else None
     sizes = {ALL_CLASSES: int(g.size), **Counter(groups or ())}
-    g_means, gamma_means = (group_means(x, groups, all_classes=True) for x in (g, gamma))
-    return {grp: {"classes": sizes[grp], "g": g_means[grp], "gamma": gamma_means[grp]}
-            for grp in g_means}
+    g_means = group_means(g, groups, all_classes=True)
+    # gamma: EFL runs only; other losses' statistics have no focusing factor
+    gamma_means = group_means(gamma, groups, all_classes=True) if gamma is not None else None
+    return {grp: {"classes": sizes[grp], "g": g_means[grp],
+                  **({"gamma": gamma_means[grp]} if gamma_means else {})} for grp in g_means}
 
 
 def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     """:func:`efl.activity.focal_like_note` on the run's final state: the rare group's mean
     g, or without groups the least frequent classes'."""
-    if run.efl_state is None or not run.info.statistics_loss:
+    params = efl_params(run.info)
+    if run.efl_state is None or params is None:
         return None
     rare_g = efl_groups[RARE]["g"] if efl_groups and RARE in efl_groups else None
     classes, g = watched_classes_g(rare_g, run.efl_state["pos_neg"], run.efl_state.get("pos_grad"))
-    return focal_like_note(g, classes, run.info.statistics_loss["gamma_b"], run.info.statistics_loss["scale_factor"],
+    return focal_like_note(g, classes, params["gamma_b"], params["scale_factor"],
                            f"at the end of training (iteration {run.iteration})")
 
 
@@ -163,7 +166,7 @@ def summary_md(summary: dict, table: str) -> str:
         for label, name, groups in states:
             for grp, st in groups.items():
                 rows.append([label, name, GROUP_NAMES.get(grp, grp), str(st["classes"]),
-                             f"{st['g']:.3f}", f"{st['gamma']:.2f}"])
+                             f"{st['g']:.3f}", fmt(st.get("gamma", math.nan))])
         lines += [format_table(header, rows, "lllrrr"), ""]
     lines += ["## Runs", ""]
     rows = []

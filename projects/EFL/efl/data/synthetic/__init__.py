@@ -40,6 +40,20 @@ LVIS's. Which visual class gets which rank is a seeded random permutation, so ra
 not correlate with shape or colour. A (image, class) pair gets a second instance with
 probability ``duplicate_prob`` (0.2), so instance counts exceed image counts as in LVIS.
 
+Families (an option: ``families`` > 0)
+---------------------------------------
+LVIS's rare classes are mostly fine-grained relatives of frequent ones, so a frequent
+class's objects are hard negatives for its rare relatives. With ``families=F`` the
+generator makes F families of ``family_size`` classes (default 4) sharing one filled shape
+and one colour: a parent without a mark, which takes one of the F most frequent ranks,
+and relatives that differ from it only in a small mark in the middle (a dot, a bar, an
+inner outline, a cross; dark on light colours, light on dark ones), placed at random in
+the rest of the tail (mostly rare or common). The other classes are as without families.
+The option keys the cache; without it the data and its cache key are unchanged.
+``efl.data.builtin`` registers ``synthetic_lt_families_{train,val}`` (16 families of 4,
+``FAMILY_DATA``) for configs/Synthetic/retinanet_{focal,efl}_families.py;
+``python -m efl.data.synthetic --root DIR --families 16`` generates it by hand.
+
 Frequency groups: LVIS's own thresholds, kept
 ---------------------------------------------
 ``frequency`` is derived from the training split exactly as LVIS defines it: rare = 1-10

@@ -1,8 +1,8 @@
 """The parameters of the synthetic dataset; every one of them keys the cache."""
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
-from .draw import MAX_CLASSES
+from .draw import COLORS, FAMILY_SHAPES, MARKS, MAX_CLASSES
 
 __all__ = ["SyntheticLongTailConfig"]
 
@@ -26,6 +26,13 @@ class SyntheticLongTailConfig:
         rare_max_images / common_max_images: LVIS frequency thresholds on training image
             counts (rare <= 10 < common <= 100 < frequent).
         seed: everything (class identities, the tail permutation, layouts, pixels).
+        families: 0 (default): every class its own shape x colour, as always. F > 0: LVIS's
+            structure - F families of ``family_size`` classes sharing one shape and colour:
+            a parent without a mark, among the F most frequent classes, and relatives that
+            differ from it only in a small mark (dot, bar, inner outline, cross) and take
+            random places in the rest of the tail (mostly rare and common); the other
+            classes as with 0.
+        family_size: classes per family, parent included (2 to 1 + the number of marks).
     """
 
     num_classes: int = 120
@@ -43,6 +50,18 @@ class SyntheticLongTailConfig:
     rare_max_images: int = 10
     common_max_images: int = 100
     seed: int = 0
+    families: int = 0
+    family_size: int = 4
+
+    def cache_key(self) -> dict:
+        """The parameters that key the cache (the manifest's ``config``). Without families
+        the family fields are left out, so the data and key of before they existed stay
+        valid."""
+        key = asdict(self)
+        if self.families == 0:
+            for name in ("families", "family_size"):
+                key.pop(name)
+        return key
 
     def __post_init__(self):
         def check(ok, msg):
@@ -69,3 +88,14 @@ class SyntheticLongTailConfig:
         check(self.noise_std >= 0, "noise_std must be >= 0")
         check(1 <= self.rare_max_images < self.common_max_images, "need 1 <= rare_max < common_max")
         check(self.seed >= 0 and int(self.seed) == self.seed, "seed must be an int >= 0")
+        check(self.families >= 0 and int(self.families) == self.families, "families must be an int >= 0")
+        if self.families:
+            F, m = self.families, self.family_size
+            check(2 <= m <= 1 + len(MARKS), f"family_size must be in [2, {1 + len(MARKS)}]")
+            check(F * m <= self.num_classes, f"families x family_size ({F} x {m}) exceeds num_classes")
+            check(F <= len(FAMILY_SHAPES) * len(COLORS),
+                  f"at most {len(FAMILY_SHAPES) * len(COLORS)} families (filled shapes x colours)")
+            singles = self.num_classes - F * m
+            check(F + singles <= MAX_CLASSES,
+                  f"{F} families + {singles} single classes need more than the {MAX_CLASSES} "
+                  "shape x colour x pattern identities")

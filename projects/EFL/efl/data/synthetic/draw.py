@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 if TYPE_CHECKING:  # config.py imports MAX_CLASSES from here
     from .config import SyntheticLongTailConfig
 
-__all__ = ["SHAPES", "COLORS", "PATTERNS", "MAX_CLASSES", "class_visuals", "render_image"]
+__all__ = ["SHAPES", "COLORS", "PATTERNS", "MAX_CLASSES", "MARKS", "FAMILY_SHAPES",
+           "class_visuals", "family_visuals", "render_image"]
 
 SHAPES = (
     "disc", "square", "triangle", "diamond", "plus",
@@ -24,6 +25,10 @@ COLORS = {  # RGB
 }  # fmt: skip
 PATTERNS = ("solid", "striped")
 MAX_CLASSES = len(SHAPES) * len(COLORS) * len(PATTERNS)
+# Families (LVIS's fine-grained relatives): a parent and relatives of the same shape and
+# colour that differ in a small mark drawn in the middle, so only filled shapes carry them.
+MARKS = ("dot", "bar", "outline", "cross")
+FAMILY_SHAPES = tuple(s for s in SHAPES if s not in ("ring", "frame"))
 
 _SUPERSAMPLE = 4
 _COLOR_JITTER = 12
@@ -41,6 +46,68 @@ def class_visuals(num_classes: int, rng: np.random.Generator) -> List[dict]:
         name = f"{color}_{shape}" if pattern == "solid" else f"{pattern}_{color}_{shape}"
         out.append({"name": name, "shape": shape, "color": color, "pattern": pattern})
     return out
+
+
+def family_visuals(cfg: "SyntheticLongTailConfig", rng: np.random.Generator) -> List[dict]:
+    """``cfg.families`` families (parent first, then its relatives with MARKS in order),
+    then the single classes, each a shape x colour (x pattern) no family uses. Every
+    visual has ``mark`` ("none" for parents and singles) and ``family`` (index or None)."""
+    F, m = cfg.families, cfg.family_size
+    parents = [(s, c) for s in FAMILY_SHAPES for c in COLORS]
+    chosen = sorted(rng.permutation(len(parents))[:F].tolist())
+    out = []
+    for f, i in enumerate(chosen):
+        shape, color = parents[i]
+        for mark in ("none",) + MARKS[: m - 1]:
+            name = f"{color}_{shape}" + ("" if mark == "none" else f"_{mark}")
+            out.append({"name": name, "shape": shape, "color": color, "pattern": "solid",
+                        "mark": mark, "family": f})
+    singles = cfg.num_classes - F * m
+    taken = {parents[i] for i in chosen}
+    patterns = PATTERNS[:1] if F + singles <= len(SHAPES) * len(COLORS) else PATTERNS
+    combos = [(p, s, c) for p in patterns for s in SHAPES for c in COLORS
+              if p != "solid" or (s, c) not in taken]
+    for i in sorted(rng.permutation(len(combos))[:singles].tolist()):
+        pattern, shape, color = combos[i]
+        name = f"{color}_{shape}" if pattern == "solid" else f"{pattern}_{color}_{shape}"
+        out.append({"name": name, "shape": shape, "color": color, "pattern": pattern,
+                    "mark": "none", "family": None})
+    return out
+
+
+def mark_alpha(mark: str, w: int, h: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of a family mark in the middle of a w x h box,
+    (h, w) float32: a dot, a horizontal bar, an inner outline (a concentric rectangle) or
+    a small cross, about a third of the box across."""
+    W, H = w * _SUPERSAMPLE, h * _SUPERSAMPLE
+    m = Image.new("L", (W, H), 0)
+    d = ImageDraw.Draw(m)
+    cx, cy = W / 2, H * 0.55  # a little low: inside the triangle and the semicircle too
+    r = 0.17 * min(W, H)
+    stroke = max(_SUPERSAMPLE, round(0.09 * min(W, H)))
+    if mark == "dot":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif mark == "bar":
+        d.rectangle([cx - 1.6 * r, cy - stroke, cx + 1.6 * r, cy + stroke], fill=255)
+    elif mark == "outline":
+        d.rectangle([cx - 1.3 * r, cy - 1.3 * r, cx + 1.3 * r, cy + 1.3 * r], fill=255)
+        d.rectangle([cx - 1.3 * r + stroke, cy - 1.3 * r + stroke, cx + 1.3 * r - stroke,
+                     cy + 1.3 * r - stroke], fill=0)
+    elif mark == "cross":
+        d.line([cx - r, cy - r, cx + r, cy + r], fill=255, width=stroke)
+        d.line([cx - r, cy + r, cx + r, cy - r], fill=255, width=stroke)
+    else:
+        raise ValueError(f"unknown mark {mark!r}")
+    m = m.resize((w, h), Image.BOX)
+    return np.asarray(m, dtype=np.float32) / 255.0
+
+
+def mark_color(color: str) -> np.ndarray:
+    """The mark's colour on an object of ``color``: near black on light colours, near
+    white on dark ones."""
+    r, g, b = COLORS[color]
+    light = 0.299 * r + 0.587 * g + 0.114 * b > 110
+    return np.full(3, 20.0 if light else 235.0, dtype=np.float32)
 
 
 def _normalised_polygon(points: np.ndarray, W: int, H: int) -> List[Tuple[float, float]]:
@@ -201,6 +268,9 @@ def render_image(
             period = max(2, round(min(w, h) / 5))
             stripe = ((xx + yy) // period) % 2 == 1
             paint = np.where(stripe[..., None], paint * 0.45, paint)
+        if vis.get("mark", "none") != "none":  # a family relative: its mark on the shape
+            mark = (mark_alpha(vis["mark"], w, h) * alpha)[..., None]
+            paint = paint * (1 - mark) + mark_color(vis["color"]) * mark
         a = alpha[..., None]
         region = img[y : y + h, x : x + w]
         img[y : y + h, x : x + w] = region * (1 - a) + paint * a

@@ -70,6 +70,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
     p.add_argument("--num-train-images", type=int, default=d.num_train_images)
     p.add_argument("--num-val-images", type=int, default=d.num_val_images)
     p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--families", type=int, default=d.families,
+                   help="families of a frequent parent and marked relatives (0: none)")
+    p.add_argument("--family-size", type=int, default=d.family_size)
     p.add_argument("--force", action="store_true", help="regenerate even if cached")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -79,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, str]:
         num_val_images=a.num_val_images,
         image_size=a.image_size,
         seed=a.seed,
+        families=a.families,
+        family_size=a.family_size,
     )
     t0 = time.perf_counter()
     cached = not a.force and is_complete(a.root, cfg)

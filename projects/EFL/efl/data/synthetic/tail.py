@@ -10,7 +10,7 @@ import numpy as np
 
 from ...records import COMMON, FREQUENT, RARE
 from .config import SyntheticLongTailConfig
-from .draw import class_visuals
+from .draw import class_visuals, family_visuals
 
 __all__ = ["frequency_group", "plan_splits", "plan_train_image_counts"]
 
@@ -93,11 +93,27 @@ class SplitPlan:
     val: List[List[int]]
 
 
+def _family_ranks(visuals: List[dict], rng) -> np.ndarray:
+    """Class -> frequency rank with families: the parents take the most frequent ranks (in
+    random order), relatives and single classes the others at random."""
+    K = len(visuals)
+    parents = [i for i, v in enumerate(visuals) if v["family"] is not None and v["mark"] == "none"]
+    rest = [i for i in range(K) if i not in set(parents)]
+    ranks = np.empty(K, dtype=np.int64)
+    ranks[parents] = rng.permutation(len(parents))
+    ranks[rest] = len(parents) + rng.permutation(len(rest))
+    return ranks
+
+
 def plan_splits(cfg: SyntheticLongTailConfig) -> SplitPlan:
     rng = np.random.default_rng([cfg.seed, 0])
     K = cfg.num_classes
-    visuals = class_visuals(K, rng)
-    rank_of_class = rng.permutation(K)  # class id-1 -> frequency rank
+    if cfg.families:
+        visuals = family_visuals(cfg, rng)
+        rank_of_class = _family_ranks(visuals, rng)
+    else:
+        visuals = class_visuals(K, rng)
+        rank_of_class = rng.permutation(K)  # class id-1 -> frequency rank
 
     hi = min(cfg.max_objects, K)
     lo = min(cfg.min_objects, hi)

@@ -5,6 +5,8 @@ import json
 import os
 import shutil
 from dataclasses import asdict
+import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -123,6 +125,10 @@ def _categories(visuals: List[dict], train_anns: List[dict], cfg: SyntheticLongT
                 "pattern": v["pattern"],
             }
         )
+        if "mark" in v:  # family data: the mark and the family (parent: mark "none")
+            cats[-1].update(mark=v["mark"], family=v["family"])
+            if v["mark"] != "none":
+                cats[-1]["def"] += f" with a {v['mark']} mark"
     return cats
 
 
@@ -164,7 +170,7 @@ def _generate_into(folder: Path, cfg: SyntheticLongTailConfig, progress: bool) -
     manifest = {
         "generator": "efl.data.synthetic",
         "format_version": FORMAT_VERSION,
-        "config": asdict(cfg),
+        "config": cfg.cache_key(),
         "files": {"train_json": TRAIN_JSON, "val_json": VAL_JSON, "splits": [TRAIN_SPLIT, VAL_SPLIT]},
         "num_images": {TRAIN_SPLIT: len(tr_imgs), VAL_SPLIT: len(va_imgs)},
         "num_annotations": {TRAIN_SPLIT: len(tr_anns), VAL_SPLIT: len(va_anns)},
@@ -187,7 +193,7 @@ def is_complete(root, cfg: Optional[SyntheticLongTailConfig] = None) -> bool:
     root = Path(root)
     cfg = cfg or SyntheticLongTailConfig()
     m = _read_manifest(root)
-    if not m or m.get("format_version") != FORMAT_VERSION or m.get("config") != asdict(cfg):
+    if not m or m.get("format_version") != FORMAT_VERSION or m.get("config") != cfg.cache_key():
         return False
     if not ((root / TRAIN_JSON).is_file() and (root / VAL_JSON).is_file()):
         return False
