@@ -151,7 +151,6 @@ def _read_efl_state(folder: str, info: RunRecord, required: bool = True
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise BadRunFolder(f"{path} holds no state dict (expected a dict with 'model')")
-    state = rename_legacy_loss_keys(state)  # folders written when the loss was "efl"
 
     pos_neg, pos, neg = (loss_state_entry(state, n) for n in ("pos_neg", "pos_grad", "neg_grad"))
     if pos_neg is None and pos is not None and neg is not None:
