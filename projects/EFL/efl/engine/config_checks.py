@@ -6,7 +6,7 @@
   target accepts as an argument (e.g. ``model.efl.implementation``) is accepted;
 - :func:`check_device`: ``train.device`` exists on this machine (a GPU config on a machine
   without CUDA would otherwise fail deep inside torch, after the model is built);
-- :func:`check_efl_hyperparameters`: every ``EqualizedFocalLoss`` node's hyper-parameters
+- :func:`check_efl_hyperparameters`: every EFL / EQFL / EQL / EQLv2 node's hyper-parameters
   are in range (the loss's own checks, reported with the key, e.g. model.efl.scale_factor).
 """
 
@@ -22,6 +22,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 
 from ..errors import ConfigError
+from ..equalization_losses import EqualizationLoss, EqualizationLossV2
 from ..losses import EqualizedFocalLoss
 from ..quality_loss import EqualizedQualityFocalLoss
 
@@ -130,23 +131,34 @@ def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
             yield from _lazy_nodes(node._get_node(i), f"{path}.{i}")
 
 
+# The hyper-parameters checked per loss class; the others' arguments (dataset-derived:
+# class groups, image frequencies) get stand-ins for one class.
+_CHECKED = {
+    EqualizedFocalLoss: ("gamma_b", "scale_factor", "alpha", "implementation"),
+    EqualizedQualityFocalLoss: ("gamma_b", "scale_factor"),
+    EqualizationLossV2: ("gamma", "mu", "alpha", "base_loss", "focal_alpha", "focal_gamma"),
+    EqualizationLoss: ("lambda_", "base_loss", "focal_alpha", "focal_gamma"),
+}
+_STAND_INS = {EqualizationLoss: {"image_frequency": [0.0]}}
+
+
 def check_efl_hyperparameters(cfg) -> None:
-    """Instantiate-time ValueErrors of ``EqualizedFocalLoss`` /
-    ``EqualizedQualityFocalLoss``, raised now, with the key."""
+    """Instantiate-time ValueErrors of the classification losses with hyper-parameters
+    (EFL, EQFL, EQL, EQLv2), raised now, with the key."""
     for path, node in _lazy_nodes(cfg):
         target = node._target_
         loss_cls = locate(target) if isinstance(target, str) else target
-        if loss_cls not in (EqualizedFocalLoss, EqualizedQualityFocalLoss):
+        if loss_cls not in _CHECKED:
             continue
         parameters = inspect.signature(loss_cls).parameters
         defaults = {n: p.default for n, p in parameters.items()}
-        names = [n for n in ("gamma_b", "scale_factor", "alpha", "implementation") if n in parameters]
-        given = {n: node[n] for n in names if n in node}
+        given = {n: node[n] for n in _CHECKED[loss_cls] if n in node}
         try:
-            loss_cls(1, **given)
+            loss_cls(1, **_STAND_INS.get(loss_cls, {}), **given)
         except (ValueError, TypeError) as e:
             message = str(e)
-            bad = next((n for n in given if f"{n}=" in message or message.startswith(n)), None)
+            bad = next((n for n in given if message.startswith(f"{n} ")), None)
+            bad = bad or next((n for n in given if f"{n}=" in message or message.startswith(n)), None)
             bad = bad or next((n for n in given if not isinstance(given[n], (int, float, str))), None)
             if bad is None:
                 raise ConfigError(f"{path}: {message}.") from None
