@@ -30,7 +30,7 @@ def tiny_deploy_config(arch: str, prefix: str, output_dir: str, max_iter: int = 
 
         fcos = LazyConfig.load(os.path.join(ROOT, "configs/common/models/fcos.py")).model
         for key in ("backbone", "head_in_features", "num_classes", "pixel_mean", "pixel_std",
-                    "efl", "max_detections_per_image"):
+                    "cls_loss", "max_detections_per_image"):
             fcos[key] = copy.deepcopy(cfg.model[key])
         fcos._target_ = EFLFCOS
         fcos.head.input_shape = cfg.model.head.input_shape
@@ -40,7 +40,7 @@ def tiny_deploy_config(arch: str, prefix: str, output_dir: str, max_iter: int = 
     elif arch == "atss":
         improved = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/improved_efl.py")).model
         improved.backbone = cfg.model.backbone
-        for key in ("num_classes", "efl"):
+        for key in ("num_classes", "cls_loss"):
             improved[key] = copy.deepcopy(cfg.model[key])
         improved.head.input_shape = cfg.model.head.input_shape
         improved.head.conv_dims = cfg.model.head.conv_dims

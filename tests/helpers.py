@@ -29,8 +29,8 @@ def shrink_to_tiny(cfg, prefix: str, output_dir: str):
     cfg.model.backbone.out_channels = 32
     cfg.model.head.input_shape = [{"channels": 32}] * 3
     cfg.model.head.conv_dims = [32]
-    if "efl" in cfg.model:
-        cfg.model.efl.class_groups.dataset_name = f"{prefix}_train"
+    if "class_groups" in (cfg.model.get("cls_loss") or {}):
+        cfg.model.cls_loss.class_groups.dataset_name = f"{prefix}_train"
     cfg.dataloader.train.dataset.names = f"{prefix}_train"
     cfg.dataloader.test.dataset.names = f"{prefix}_val"
     cfg.dataloader.train.total_batch_size = 2

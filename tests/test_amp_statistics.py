@@ -156,11 +156,11 @@ def test_trainer_amp_path_keeps_the_state_unscaled(tiny_dataset, tmp_path, monke
             trainer._trainer.data_loader = [copy.deepcopy(b) for b in batches]
             compat.restart_data_iterator(trainer._trainer)
             _steps(trainer, skip=skipped if mode == "fp32" else None)
-        states[mode] = {k: getattr(trainer.model.efl, k).clone() for k in KEYS}
+        states[mode] = {k: getattr(trainer.model.cls_loss, k).clone() for k in KEYS}
         if mode == "amp":
             scaler = trainer._trainer.grad_scaler
             assert scaler.get_scale() == 2.0 ** 13  # 2^12, x2 after iter 1, /2 at 3, x2 after 5
-            assert trainer.model.efl.num_skipped_steps == 1
+            assert trainer.model.cls_loss.num_skipped_steps == 1
     for k in KEYS:
         torch.testing.assert_close(states["amp"][k], states["fp32"][k], rtol=1e-5, atol=0)
 

@@ -13,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss_jit
 
-from efl import ATSSRetinaNet, EqualizedFocalLoss, add_atss_config
+from efl import ATSSRetinaNet, EqualizedFocalLoss, SigmoidFocalLoss, add_atss_config
 from efl.modeling import ATSSAssigner, LastLevelP6P7
 from efl.modeling.atss import box_iou_and_giou
 from helpers import ROOT
@@ -31,7 +31,7 @@ def small_model(efl=False):
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic", name))
     cfg.model.num_classes = K
     if efl:
-        cfg.model.efl.class_groups = None
+        cfg.model.cls_loss.class_groups = None
     return instantiate(cfg.model)
 
 
@@ -131,13 +131,16 @@ def test_losses_on_hand_made_positives(efl):
     expected_cls = sigmoid_focal_loss_jit(logits.detach()[0], targets, 0.25, 2.0, "sum") / 2
     torch.testing.assert_close(losses["loss_box_reg"], expected_box, atol=1e-6, rtol=0)
     torch.testing.assert_close(losses["loss_iou"], bce / 2, atol=1e-6, rtol=0)
-    # The first EFL step is focal loss (g = 1), normalised by N = 2 positives.
+    # The first EFL step is focal loss (g = 1), normalised by N = 2 positives; the focal
+    # baseline (SigmoidFocalLoss) is fvcore's scripted focal loss bitwise.
     torch.testing.assert_close(losses["loss_cls"], expected_cls, atol=1e-6, rtol=1e-6)
+    if not efl:
+        assert torch.equal(losses["loss_cls"], expected_cls)
     sum(losses.values()).backward()
     assert deltas.grad[0, :2].abs().sum() > 0 and deltas.grad[0, 2].abs().sum() == 0
     assert iou_logits.grad[0, 2].item() == 0  # the IoU branch learns on positives only
     if efl:
-        assert model.efl.pos_grad[[2, 4]].gt(0).all() and model.efl.pos_grad[[0, 1, 3, 5]].eq(0).all()
+        assert model.cls_loss.pos_grad[[2, 4]].gt(0).all() and model.cls_loss.pos_grad[[0, 1, 3, 5]].eq(0).all()
 
 
 # ----- training and inference on random images ---------------------------------------
@@ -163,7 +166,7 @@ def test_training_step_with_an_empty_image_and_inference_step():
         assert all(torch.isfinite(v) for v in losses.values())
         sum(losses.values()).backward()
         assert model.head.iou_pred.weight.grad.abs().sum() > 0
-        assert model.efl.pos_grad.sum() > 0  # the statistics moved
+        assert model.cls_loss.pos_grad.sum() > 0  # the statistics moved
 
         only_empty = model([batch[1]])
     assert only_empty["loss_box_reg"].item() == 0 and only_empty["loss_iou"].item() == 0
@@ -193,12 +196,12 @@ def test_authors_statistics_switch_accumulates_other_statistics():
         torch.manual_seed(0)
         cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/improved_efl.py"))
         cfg.model.num_classes = K
-        cfg.model.efl.class_groups = None
+        cfg.model.cls_loss.class_groups = None
         cfg.model.efl_statistics = mode
         model = instantiate(cfg.model).train()
         with EventStorage():
             sum(model(batch).values()).backward()
-        state[mode] = model.efl.pos_grad.clone()
+        state[mode] = model.cls_loss.pos_grad.clone()
     assert state["authors"].sum() > 0 and state["paper"].sum() > 0
     assert not torch.allclose(state["authors"], state["paper"])
     with pytest.raises(ValueError, match="efl_statistics"):
@@ -208,7 +211,7 @@ def test_authors_statistics_switch_accumulates_other_statistics():
 
 def test_the_model_keeps_retinanet_attribute_names():
     model = small_model()
-    assert isinstance(model, ATSSRetinaNet) and model.efl is None
+    assert isinstance(model, ATSSRetinaNet) and type(model.cls_loss) is SigmoidFocalLoss
     for name in ("num_classes", "anchor_generator", "anchor_matcher", "box2box_transform",
                  "head_in_features", "test_score_thresh", "test_topk_candidates",
                  "test_nms_thresh", "max_detections_per_image", "focal_loss_alpha",
@@ -220,7 +223,7 @@ def test_the_model_keeps_retinanet_attribute_names():
 def test_efl_must_match_the_class_count():
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/improved_efl.py"))
     cfg.model.num_classes = K
-    cfg.model.efl = EqualizedFocalLoss(K + 1)
+    cfg.model.cls_loss = EqualizedFocalLoss(K + 1)
     with pytest.raises(ValueError, match="num_classes"):
         instantiate(cfg.model)
 
@@ -254,13 +257,19 @@ def test_yaml_config_builds_the_improved_detector():
     cfg.MODEL.ANCHOR_GENERATOR.OFFSET = 0.5
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
-    assert isinstance(model, ATSSRetinaNet) and isinstance(model.efl, EqualizedFocalLoss)
+    assert isinstance(model, ATSSRetinaNet) and isinstance(model.cls_loss, EqualizedFocalLoss)
     assert model.anchor_matcher.topk == 18 and model.backbone.top_block.relu_before_p7 is False
     assert isinstance(model.head.cls_subnet[1], torch.nn.GroupNorm)
     torch.testing.assert_close(model.head.cls_score.bias, torch.full_like(model.head.cls_score.bias,
                                                                           math.log(0.001 / 0.999)))
-    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = "focal"
-    assert build_model(cfg).efl is None
+    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = "focal"  # the older key still works
+    assert type(build_model(cfg).cls_loss) is SigmoidFocalLoss
+    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = ""
+    cfg.MODEL.EFL.LOSS = "focal"
+    assert type(build_model(cfg).cls_loss) is SigmoidFocalLoss
+    cfg.MODEL.EFL.LOSS = "QFL"
+    with pytest.raises(ValueError, match="QualityFocalLoss needs quality targets but ATSSRetinaNet"):
+        build_model(cfg)
 
 
 # ----- normalisers over workers (gloo) ------------------------------------------------

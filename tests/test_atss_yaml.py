@@ -91,7 +91,7 @@ def yaml_cfg(tmp_path, *opts):
 def lazy_model(efl_statistics="paper"):
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/common/models/atss.py"))
     cfg.model.num_classes = K
-    cfg.model.efl = L(EqualizedFocalLoss)(num_classes=K)
+    cfg.model.cls_loss = L(EqualizedFocalLoss)(num_classes=K)
     cfg.model.efl_statistics = efl_statistics
     return instantiate(cfg.model)
 
@@ -171,7 +171,7 @@ def test_yaml_lines_build_the_lazyconfig_model(tmp_path):
             sum(losses[m].values()).backward()
     for key in losses[ours]:
         torch.testing.assert_close(losses[ours][key], losses[yaml_model][key], rtol=0, atol=0)
-    torch.testing.assert_close(ours.efl.pos_grad, yaml_model.efl.pos_grad, rtol=0, atol=0)
+    torch.testing.assert_close(ours.cls_loss.pos_grad, yaml_model.cls_loss.pos_grad, rtol=0, atol=0)
     grad = "backbone.bottom_up.res3.0.conv1.norm.weight"
     torch.testing.assert_close(dict(ours.named_parameters())[grad].grad,
                                dict(yaml_model.named_parameters())[grad].grad, rtol=0, atol=0)
@@ -186,7 +186,7 @@ def test_yaml_keys_switch_to_the_previous_detector_and_check_their_values(tmp_pa
     assert type(model.backbone) is FPN and model.backbone.size_divisibility == 32
     assert model.backbone.top_block.p6.in_channels == 512  # from res5
     assert type(model.backbone.bottom_up.res3[0].conv1.norm) is FrozenBatchNorm2d
-    assert model.efl is None and model.efl_statistics == "authors"
+    assert type(model.cls_loss).__name__ == "SigmoidFocalLoss" and model.efl_statistics == "authors"
     with pytest.raises(ValueError, match="MODEL.ATSS.P6_SOURCE"):
         build_model(yaml_cfg(tmp_path, "MODEL.ATSS.P6_SOURCE", "c5"))
     with pytest.raises(ValueError, match="efl_statistics"):

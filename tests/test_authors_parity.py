@@ -42,7 +42,7 @@ def convert(folder, det, depth):
     assert ref.convert_tool().main(["--input", source, "--output", target, "--config-file",
                                     config_path(depth), *OVERRIDES]) == 0
     cfg = load_config(config_path(depth), OVERRIDES)
-    cfg.model.efl.class_groups = None
+    cfg.model.cls_loss.class_groups = None
     model = instantiate(cfg.model)
     load_weights(model, target)
     return model.eval(), target
@@ -105,7 +105,7 @@ TOLERANCES = {"cls logits": 1e-4, "box deltas": 1e-4, "IoU logits": 1e-4, "ancho
 
 def check_parity(up, det, model, seeds):
     for name in ("pos_grad", "neg_grad", "pos_neg"):  # their EFL state -> our EFL buffers
-        assert torch.equal(getattr(model.efl, name), getattr(det.post_process.cls_loss, name))
+        assert torch.equal(getattr(model.cls_loss, name), getattr(det.post_process.cls_loss, name))
     for seed in seeds:
         for size in SIZES:
             diffs = compare(up, det, model, image(seed, size))
@@ -194,8 +194,8 @@ def test_authors_statistics_switch_reproduces_their_collector(up, num_anchors):
     """ATSSRetinaNet(efl_statistics="authors") accumulates what their gradient collector
     accumulates from the same gradients; at A = 1 that is the paper's statistics, at A = 2
     it is not (their class-major head read as anchor-major)."""
-    from efl.losses import EqualizedFocalLoss
-    from efl.modeling.authors_statistics import AuthorsStatisticsTap
+    from efl.losses import EqualizedFocalLoss, tap_logits
+    from efl.modeling.authors_statistics import AuthorsStatistics
 
     k, a, batch, shapes = 5, num_anchors, 2, [(6, 8), (3, 4), (2, 2)]
     g = torch.Generator().manual_seed(num_anchors)
@@ -214,8 +214,9 @@ def test_authors_statistics_switch_reproduces_their_collector(up, num_anchors):
                            .reshape(batch, -1, k) for r in raw], dim=1).reshape(-1, k)
     targets = torch.nn.functional.one_hot(labels.reshape(-1), k + 1)[:, 1:].float()
     efl = EqualizedFocalLoss(k)
+    efl.read_statistics_with(AuthorsStatistics(a))  # what efl_statistics="authors" gives it
     z = torch.zeros(rows * batch, k, requires_grad=True)
-    (AuthorsStatisticsTap.apply(z, targets, efl, a) * ours_grad).sum().backward()
+    (tap_logits(z, targets, efl) * ours_grad).sum().backward()  # the loss's one tap
     for ours, their in zip((efl.pos_grad, efl.neg_grad), (theirs.pos_grad, theirs.neg_grad)):
         assert torch.allclose(ours, their, rtol=1e-5, atol=1e-5)
     paper = (ours_grad.abs() * targets).sum(0)  # the paper's pos_grad

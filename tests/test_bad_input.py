@@ -178,14 +178,14 @@ def test_unreadable_image_stops_training_without_outputs(tiny_dataset, tmp_path,
 
 def test_efl_hyperparameter_out_of_range_names_the_config_key(tiny_dataset, monkeypatch):
     monkeypatch.setenv("EFL_TINY_DATASET", dataset_root(tiny_dataset))
-    with pytest.raises(ConfigError, match=r"Config key model\.efl\.scale_factor=-1 is out of range: "
-                       r"scale_factor must be >= 0.*e\.g\. model\.efl\.scale_factor=8\.0"):
-        load_config(CONFIG, ["model.efl.scale_factor=-1"])
+    with pytest.raises(ConfigError, match=r"Config key model\.cls_loss\.scale_factor=-1 is out of range: "
+                       r"scale_factor must be >= 0.*e\.g\. model\.cls_loss\.scale_factor=8\.0"):
+        load_config(CONFIG, ["model.cls_loss.scale_factor=-1"])
     cfg = tiny_lazy_config("efl", tiny_dataset, "/unused")
-    cfg.model.efl.alpha = 1.5
-    with pytest.raises(ConfigError, match=r"model\.efl\.alpha=1\.5 is out of range"):
+    cfg.model.cls_loss.alpha = 1.5
+    with pytest.raises(ConfigError, match=r"model\.cls_loss\.alpha=1\.5 is out of range"):
         Trainer.build_model(cfg)
-    cfg.model.efl.alpha = 0.25
+    cfg.model.cls_loss.alpha = 0.25
     check_efl_hyperparameters(cfg)
 
 
@@ -195,11 +195,11 @@ def test_unknown_override_key_is_an_error_with_the_close_match(tiny_dataset, mon
                        r"'train\.max_iterr=5': train has no key 'max_iterr'\. Did you mean "
                        r"'train\.max_iter'\?"):
         load_config(CONFIG, ["train.max_iterr=5"])
-    with pytest.raises(ConfigError, match=r"Did you mean 'model\.efl\.scale_factor'"):
-        load_config(CONFIG, ["model.efl.scale_factr=4"])
+    with pytest.raises(ConfigError, match=r"Did you mean 'model\.cls_loss\.scale_factor'"):
+        load_config(CONFIG, ["model.cls_loss.scale_factr=4"])
     # Arguments a LazyCall's target accepts, left at their default by the config: accepted.
-    cfg = load_config(CONFIG, ["model.efl.implementation=reference", "train.max_iter=3"])
-    assert cfg.model.efl.implementation == "reference" and cfg.train.max_iter == 3
+    cfg = load_config(CONFIG, ["model.cls_loss.implementation=reference", "train.max_iter=3"])
+    assert cfg.model.cls_loss.implementation == "reference" and cfg.train.max_iter == 3
 
 
 @pytest.mark.slow

@@ -20,7 +20,12 @@ TWINS = [
     ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/efl_improved_R_50_FPN_24ep.py"),
     ("LVISv1/focal_improved_R_101_FPN_24ep.py", "LVISv1/efl_improved_R_101_FPN_24ep.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_efl.py"),
+    ("Synthetic/quality_qfl.py", "Synthetic/quality_eqfl.py"),
+    ("LVISv1/qfl_improved_R_50_FPN_24ep.py", "LVISv1/eqfl_improved_R_50_FPN_24ep.py"),
 ]
+# The baseline in the cls_loss slot of each EFL model (a stock RetinaNet / FCOS has none).
+BASELINE_LOSS = {"EqualizedFocalLoss": "SigmoidFocalLoss",
+                 "EqualizedQualityFocalLoss": "QualityFocalLoss"}
 
 
 def load(path):
@@ -57,8 +62,8 @@ def test_config_layout_and_model_instantiates(path):
     if cfg.train.get("epochs"):  # resolved by the run plan from the loader; any values here
         cfg.lr_multiplier.epoch_starts = [100 * e for e in range(cfg.train.epochs + 1)]
     instantiate(cfg.lr_multiplier)
-    if "efl" in cfg.model:
-        assert model.efl.num_classes == model.num_classes
+    if "cls_loss" in cfg.model:
+        assert model.cls_loss.num_classes == model.num_classes
     if "LVISv1" in path:
         assert model.num_classes == 1203
         assert cfg.dataloader.train.repeat_thresh == 0.001
@@ -68,8 +73,8 @@ def test_config_layout_and_model_instantiates(path):
             "https://download.pytorch.org/models/resnet" if "improved" in path
             else "detectron2://ImageNetPretrained/MSRA/R-"
         )
-        if "efl" in cfg.model:
-            assert model.efl.group_names == ("r", "c", "f")
+        if "class_groups" in cfg.model.get("cls_loss", {}):
+            assert model.cls_loss.group_names == ("r", "c", "f")
 
 
 @pytest.mark.parametrize("focal, efl", TWINS)
@@ -81,10 +86,14 @@ def test_focal_and_efl_twins_differ_only_in_the_loss(focal, efl):
     assert train_a.pop("output_dir") != train_b.pop("output_dir")
     assert train_a == train_b
     model_a, model_b = dict(a.model), dict(b.model)
-    assert "efl" in model_b and "efl" not in model_a
+    loss_b = model_b.pop("cls_loss")._target_.__name__
+    assert loss_b in BASELINE_LOSS
     target_a, target_b = model_a.pop("_target_").__name__, model_b.pop("_target_").__name__
-    assert target_b == ("ATSSRetinaNet" if target_a == "ATSSRetinaNet" else "EFL" + target_a)
-    model_b.pop("efl")
+    if target_a in ("RetinaNet", "FCOS"):  # the stock model: its loss is Detectron2's own
+        assert "cls_loss" not in model_a and target_b == "EFL" + target_a
+    else:  # the same class, the baseline module in the same slot
+        assert model_a.pop("cls_loss")._target_.__name__ == BASELINE_LOSS[loss_b]
+        assert target_a == target_b
     assert OmegaConf.to_yaml(OmegaConf.create(model_a)) == OmegaConf.to_yaml(OmegaConf.create(model_b))
 
 
@@ -135,9 +144,11 @@ def test_improved_recipe_matches_the_authors_table(path):
     assert m.anchor_matcher._target_ is ATSSAssigner and m.anchor_matcher.topk == 18
     # loss: EFL (gamma_b 2, s 8, alpha 0.25) or focal (gamma 2, alpha 0.25)
     if "efl_" in os.path.basename(path):
-        assert (m.efl.gamma_b, m.efl.scale_factor, m.efl.alpha) == (2.0, 8.0, 0.25)
+        assert (m.cls_loss.gamma_b, m.cls_loss.scale_factor, m.cls_loss.alpha) == (2.0, 8.0, 0.25)
     else:
-        assert "efl" not in m and (m.focal_loss_gamma, m.focal_loss_alpha) == (2.0, 0.25)
+        assert m.cls_loss._target_.__name__ == "SigmoidFocalLoss"
+        assert (m.focal_loss_gamma, m.focal_loss_alpha) == (2.0, 0.25)
+        assert (m.cls_loss.gamma, m.cls_loss.alpha) == (2.0, 0.25)  # from the model's keys
     # test: no score threshold, top 6000 per level, NMS 0.5, 300 detections, 800 x 1333
     assert (m.test_score_thresh, m.test_topk_candidates, m.test_nms_thresh) == (0.0, 6000, 0.5)
     assert m.max_detections_per_image == 300

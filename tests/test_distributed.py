@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from helpers import tiny_lazy_config
 from runs import assert_same, dataset_root, train_net
 
-EFL_KEYS = ("efl.pos_grad", "efl.neg_grad", "efl.pos_neg")
+EFL_KEYS = ("cls_loss.pos_grad", "cls_loss.neg_grad", "cls_loss.pos_neg")
 
 
 def step_statistics(model, record):
@@ -29,12 +29,12 @@ def step_statistics(model, record):
         inputs.append({"image": x["image"], "instances": instances, "height": x["height"],
                        "width": x["width"]})
     captured = []
-    model.efl.accumulate_statistics = lambda pos, neg: captured.append((pos.clone(), neg.clone()))
+    model.cls_loss.accumulate_statistics = lambda pos, neg: captured.append((pos.clone(), neg.clone()))
     model.train()
     with EventStorage(0):
         losses = model(inputs)
     sum(losses.values()).backward()
-    del model.efl.accumulate_statistics
+    del model.cls_loss.accumulate_statistics
     (stats,) = captured
     return stats
 
@@ -79,11 +79,11 @@ def test_two_cpu_processes_hold_the_all_reduced_efl_state(tiny_dataset, tmp_path
         finally:
             torch.set_num_threads(threads)
         before = ranks[0]["state"]
-        pos, neg = before["efl.pos_grad"] + (p0 + p1), before["efl.neg_grad"] + (n0 + n1)
-        expected = {"efl.pos_grad": pos, "efl.neg_grad": neg,
-                    "efl.pos_neg": (pos / (neg + 1e-10)).clamp(0, 1)}
+        pos, neg = before["cls_loss.pos_grad"] + (p0 + p1), before["cls_loss.neg_grad"] + (n0 + n1)
+        expected = {"cls_loss.pos_grad": pos, "cls_loss.neg_grad": neg,
+                    "cls_loss.pos_neg": (pos / (neg + 1e-10)).clamp(0, 1)}
         after = ([torch.load(record_dir / f"rank{r}_iter1.pth", weights_only=False)["state"]
                   for r in (0, 1)] if it == 0 else [final["model"]])
         for state in after:  # both ranks after step 0; the final checkpoint after step 1
             assert_same({k: state[k] for k in EFL_KEYS}, expected, f"EFL state after step {it}")
-    assert final["model"]["efl.pos_neg"].min() < 1
+    assert final["model"]["cls_loss.pos_neg"].min() < 1

@@ -14,7 +14,7 @@ from detectron2.config import LazyConfig, instantiate
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
-from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss
+from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss, QualityFocalLoss
 from efl.losses import efl_gamma, efl_pos_neg
 from helpers import ROOT, shrink_to_tiny
 
@@ -54,13 +54,30 @@ def test_scale_factor_zero_is_plain_qfl():
     z = logits.clone().requires_grad_()
     ours = EqualizedQualityFocalLoss(K, gamma_b=2.0, scale_factor=0.0)
     ours.pos_neg.fill_(0.3)  # any state: s = 0 ignores it
-    loss = ours(z, targets, quality, normalizer=7.0)
+    loss = ours(z, targets, 7.0, quality=quality)
     (grad,) = torch.autograd.grad(loss, z)
     z_ref = logits.clone().requires_grad_()
     expected = qfl_reference(z_ref, labels, quality, 2.0) / 7.0
     (grad_ref,) = torch.autograd.grad(expected, z_ref)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-15)
+
+
+def test_quality_focal_loss_is_eqfl_at_scale_factor_zero():
+    """QualityFocalLoss (no state) equals EQFL with s = 0: the loss bitwise, the gradient
+    to float rounding; it needs the quality as EQFL does."""
+    logits, labels, quality, targets = random_batch(seed=4, dtype=torch.float32)
+    z1, z2 = (logits.clone().requires_grad_() for _ in range(2))
+    qfl = QualityFocalLoss(K, beta=2.0)
+    assert qfl.needs_quality and not list(qfl.state_dict())
+    a = qfl(z1, targets.bool(), torch.tensor(5.0), quality=quality)
+    b = EqualizedQualityFocalLoss(K, gamma_b=2.0, scale_factor=0.0)(
+        z2, targets.bool(), torch.tensor(5.0), quality=quality)
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+    (g1,), (g2,) = torch.autograd.grad(a, z1), torch.autograd.grad(b, z2)
+    torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-12)  # (K,) vs 0-dim exponent
+    with pytest.raises(ValueError, match="QualityFocalLoss needs quality="):
+        qfl(logits, targets)
 
 
 def test_factors_and_statistics_follow_the_state():
@@ -74,7 +91,7 @@ def test_factors_and_statistics_follow_the_state():
     efl.pos_grad.fill_(1.0)
     efl.neg_grad.copy_(1.0 / g)
     z = logits.clone().requires_grad_()
-    loss = efl(z, targets, quality, normalizer=3.0)
+    loss = efl(z, targets, 3.0, quality=quality)
     loss.backward()
     gamma = efl_gamma(g.double(), 2.0, 8.0)
     t = targets * quality[:, None]
@@ -94,26 +111,29 @@ def test_shares_efl_state_layout_and_background_quality_is_unused():
     assert eqfl.state_dict().keys() == efl.state_dict().keys()
     logits, labels, quality, targets = random_batch(seed=2)
     with torch.no_grad():
-        a = eqfl(logits, targets, quality)
+        a = eqfl(logits, targets, quality=quality)
         quality[labels == K] = float("nan")  # background rows: not read
-        torch.testing.assert_close(eqfl(logits, targets, quality), a)
+        torch.testing.assert_close(eqfl(logits, targets, quality=quality), a)
 
 
 @pytest.mark.parametrize("case, match", [
+    ("missing", "EqualizedQualityFocalLoss needs quality="),
     ("shape", "quality must be a tensor of shape"),
     ("range", "quality must be in"),
     ("targets", "one-hot"),
 ])
 def test_bad_input_is_named(case, match):
     logits, labels, quality, targets = random_batch(seed=3)
-    if case == "shape":
+    if case == "missing":
+        quality = None
+    elif case == "shape":
         quality = quality[:-1]
     elif case == "range":
         quality[labels < K] = 1.5
     else:
         targets[0, 0] = 0.5
     with pytest.raises(ValueError, match=match):
-        EqualizedQualityFocalLoss(K)(logits, targets, quality)
+        EqualizedQualityFocalLoss(K)(logits, targets, quality=quality)
 
 
 # ----- parity with the authors' EqualizedQualityFocalLoss ---------------------------------
@@ -169,7 +189,7 @@ def parity_run(authors_cls, steps=20, m=600, k=K, seed=0):
         pos = torch.nonzero(labels > 0).squeeze(1)
         targets[pos, labels[pos] - 1] = 1
         z2 = logits.clone().requires_grad_()
-        loss2 = ours(z2[valid], targets[valid], quality[valid], normalizer=normalizer)
+        loss2 = ours(z2[valid], targets[valid], normalizer, quality=quality[valid])
         (grad2,) = torch.autograd.grad(loss2, z2)
 
         note("loss", loss2, loss1.reshape(()))
@@ -199,7 +219,8 @@ def test_quality_twins_differ_only_in_the_loss():
         assert a.train.pop("output_dir") != b.train.pop("output_dir")
         assert a.train == b.train
         model_a, model_b = dict(a.model), dict(b.model)
-        assert model_b.pop("efl")._target_ is EqualizedQualityFocalLoss and "efl" not in model_a
+        assert model_b.pop("cls_loss")._target_ is EqualizedQualityFocalLoss
+        assert model_a.pop("cls_loss")._target_ is QualityFocalLoss
         assert model_a.pop("_target_") is model_b.pop("_target_")
         assert OmegaConf.to_yaml(OmegaConf.create(model_a)) == OmegaConf.to_yaml(
             OmegaConf.create(model_b))
@@ -218,7 +239,7 @@ def test_quality_twins_differ_only_in_the_loss():
 def test_quality_detector_has_no_iou_branch_and_scores_by_class_probability():
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/quality_eqfl.py"))
     cfg.model.num_classes = K
-    cfg.model.efl.class_groups = None
+    cfg.model.cls_loss.class_groups = None
     model = instantiate(cfg.model).eval()
     assert not any("iou" in n for n, _ in model.named_parameters())
     with torch.no_grad():
@@ -226,6 +247,35 @@ def test_quality_detector_has_no_iou_branch_and_scores_by_class_probability():
             p.zero_()
         out = model([{"image": torch.rand(3, 64, 96) * 255}])[0]["instances"]
     torch.testing.assert_close(out.scores, torch.full_like(out.scores, 0.5))
+
+
+def test_inference_loading_exempts_the_eqfl_state(tmp_path):
+    """load_weights (predict / export) needs every weight but not the loss state: the
+    QFL twin's checkpoint (no state) loads into the EQFL model, whose state stays g = 1."""
+    from efl.errors import CheckpointError
+    from efl.export import load_weights
+
+    models = {}
+    for name in ("quality_qfl", "quality_eqfl"):
+        cfg = LazyConfig.load(os.path.join(ROOT, f"configs/Synthetic/{name}.py"))
+        cfg.model.num_classes = K
+        if "class_groups" in cfg.model.cls_loss:
+            cfg.model.cls_loss.class_groups = None
+        torch.manual_seed(0)
+        models[name] = instantiate(cfg.model)
+    qfl, eqfl = models["quality_qfl"], models["quality_eqfl"]
+    with torch.no_grad():
+        qfl.head.cls_score.bias.add_(0.5)
+    path = str(tmp_path / "qfl.pth")
+    torch.save({"model": qfl.state_dict()}, path)
+    load_weights(eqfl, path)
+    assert torch.equal(eqfl.head.cls_score.bias, qfl.head.cls_score.bias)
+    assert torch.equal(eqfl.cls_loss.pos_neg, torch.ones(K))
+    # a weight missing is still an error
+    state = {k: v for k, v in qfl.state_dict().items() if k != "head.cls_score.bias"}
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match="head.cls_score.bias"):
+        load_weights(eqfl, path)
 
 
 @pytest.mark.slow
@@ -244,13 +294,13 @@ def test_quality_detector_trains_with_eqfl_and_its_state_moves(tiny_dataset, tmp
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     results = trainer.train()
-    efl = trainer.model.efl
+    efl = trainer.model.cls_loss
     assert isinstance(efl, EqualizedQualityFocalLoss)
     assert efl.pos_grad.sum() > 0 and efl.neg_grad.sum() > 0
     assert (efl.pos_neg < 1).any()
     assert "bbox" in results
     saved = torch.load(os.path.join(str(tmp_path), "model_final.pth"), weights_only=False)
-    torch.testing.assert_close(saved["model"]["efl.pos_grad"], efl.pos_grad)
+    torch.testing.assert_close(saved["model"]["cls_loss.pos_grad"], efl.pos_grad)
 
 
 def test_config_check_names_the_bad_eqfl_key():
@@ -259,6 +309,6 @@ def test_config_check_names_the_bad_eqfl_key():
 
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/quality_eqfl.py"))
     check_efl_hyperparameters(cfg)
-    cfg.model.efl.gamma_b = 0
-    with pytest.raises(ConfigError, match=r"model\.efl\.gamma_b=0"):
+    cfg.model.cls_loss.gamma_b = 0
+    with pytest.raises(ConfigError, match=r"model\.cls_loss\.gamma_b=0"):
         check_efl_hyperparameters(cfg)

@@ -68,8 +68,8 @@ def _random_model(arch, tiny_dataset, tmp_path):
     from detectron2.config import instantiate
 
     cfg = tiny_deploy_config(arch, tiny_dataset, str(tmp_path))
-    if "efl" in cfg.model:
-        cfg.model.efl.class_groups = None
+    if "class_groups" in cfg.model.get("cls_loss", {}):
+        cfg.model.cls_loss.class_groups = None
     torch.manual_seed(0)
     return instantiate(cfg.model).eval()
 
@@ -90,16 +90,16 @@ def test_exported_files_hold_no_loss_state(tiny_dataset, tmp_path):
 
     model = _random_model("efl_retinanet", tiny_dataset, tmp_path)
     image = torch.rand(3, 64, 64) * 255
-    assert any(k.startswith("efl.") for k in model.state_dict())
+    assert any(k.startswith("cls_loss.") for k in model.state_dict())
     with pytest.warns(FutureWarning):  # torch.jit is deprecated in favour of torch.export
         ts = torch.jit.load(export_detector(model, "torchscript", str(tmp_path / "ts"), image))
-    assert ts.state_dict() and not any(".efl." in k for k in ts.state_dict())
+    assert ts.state_dict() and not any(".cls_loss." in k for k in ts.state_dict())
     graph = onnx.load(export_detector(model, "onnx", str(tmp_path / "onnx"), image)).graph
     assert [i.name for i in graph.input] == ["image"]
     assert [o.name for o in graph.output] == ["boxes", "scores", "classes"]
     assert "NonMaxSuppression" in _op_types(graph)
-    assert not any("efl" in init.name for init in graph.initializer)
-    assert isinstance(model.efl, torch.nn.Module) and model.training is False  # restored
+    assert not any("cls_loss" in init.name for init in graph.initializer)
+    assert isinstance(model.cls_loss, torch.nn.Module) and model.training is False  # restored
 
 
 def test_unknown_format_and_unsupported_models_are_named(tiny_dataset, tmp_path):

@@ -223,9 +223,9 @@ def test_custom_configs_are_the_lvis_recipes(custom, recipe):
     b = LazyConfig.load(os.path.join(ROOT, "configs", "LVISv1", recipe))
     assert a.model.num_classes is None and b.model.num_classes == 1203
     a.model.num_classes = b.model.num_classes
-    if "efl" in b.model:
-        assert a.model.efl.class_groups.dataset_name == "custom_train"  # resolved from dataset.name
-        a.model.efl.class_groups.dataset_name = b.model.efl.class_groups.dataset_name
+    if "class_groups" in b.model.get("cls_loss", {}):
+        assert a.model.cls_loss.class_groups.dataset_name == "custom_train"  # resolved from dataset.name
+        a.model.cls_loss.class_groups.dataset_name = b.model.cls_loss.class_groups.dataset_name
     assert a.dataloader.train.dataset.names == "custom_train"  # resolved from dataset.name
     assert a.dataloader.test.dataset.names == "custom_val"
     a.dataloader.train.dataset.names = b.dataloader.train.dataset.names

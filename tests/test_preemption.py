@@ -86,7 +86,7 @@ def test_sigterm_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
     assert f"Starting training from iteration {saved + 1}" in output
     a = torch.load(os.path.join(full, "model_final.pth"), weights_only=True)
     b = torch.load(os.path.join(stopped, "model_final.pth"), weights_only=True)
-    assert a["model"]["efl.pos_grad"].sum() > 0 and a["trainer"]["_trainer"]["optimizer"]["state"]
+    assert a["model"]["cls_loss.pos_grad"].sum() > 0 and a["trainer"]["_trainer"]["optimizer"]["state"]
     assert_same(a, b)  # model + EFL state, optimizer, scheduler, RNG states, normaliser, seed
 
 

@@ -14,7 +14,7 @@ from efl.records import BadRunFolder, MissingRunFile, RunRecord, cpu_model, efl_
 INFO = {
     "meta_architecture": "EFLRetinaNet",
     "num_classes": 3,
-    "efl": {"gamma_b": 2.0, "scale_factor": 8.0, "alpha": 0.25},
+    "cls_loss": {"name": "EqualizedFocalLoss", "gamma_b": 2.0, "scale_factor": 8.0, "alpha": 0.25},
     "train_datasets": ["lvis_v1_train"],
     "test_dataset": "lvis_v1_val",
     "test_json": "/data/lvis_v1_val.json",
@@ -30,7 +30,7 @@ INFO = {
 def test_run_record_writes_the_format_old_folders_have(tmp_path):
     RunRecord(**INFO).write(str(tmp_path))
     written = (tmp_path / "run_info.json").read_text()
-    assert written == json.dumps(INFO, indent=2)  # the trainer's format before the record
+    assert written == json.dumps(INFO, indent=2)  # indented JSON, fields in order
     assert RunRecord.read(str(tmp_path)) == RunRecord(**INFO)
     assert [p.name for p in tmp_path.iterdir()] == ["run_info.json"]  # no temporaries left
 
@@ -39,8 +39,26 @@ def test_run_record_reads_older_and_newer_folders(tmp_path):
     info = {k: v for k, v in INFO.items() if k not in ("seed", "cpu", "torch_threads", "cpu_capability")}
     (tmp_path / "run_info.json").write_text(json.dumps({**info, "added_later": 1}))
     record = RunRecord.read(str(tmp_path))
-    assert record.seed is None and record.max_iter == 90000 and record.efl["scale_factor"] == 8.0
+    assert record.seed is None and record.max_iter == 90000
+    assert record.statistics_loss["scale_factor"] == 8.0
     assert record.cpu is None and record.machine() is None  # written before machines were
+
+
+def test_run_record_reads_the_efl_field_of_older_folders(tmp_path):
+    """Folders written before the ``cls_loss`` field name the loss's parameters ``efl``:
+    EFL (with alpha), EQFL (alpha null), none (null)."""
+    base = {k: v for k, v in INFO.items() if k != "cls_loss"}
+    cases = [({"gamma_b": 2.0, "scale_factor": 8.0, "alpha": 0.25},
+              {"name": "EqualizedFocalLoss", "gamma_b": 2.0, "scale_factor": 8.0, "alpha": 0.25}),
+             ({"gamma_b": 2.0, "scale_factor": 4.0, "alpha": None},
+              {"name": "EqualizedQualityFocalLoss", "gamma_b": 2.0, "scale_factor": 4.0}),
+             (None, None)]
+    for old, new in cases:
+        (tmp_path / "run_info.json").write_text(json.dumps({**base, "efl": old}))
+        record = RunRecord.read(str(tmp_path))
+        assert record.cls_loss == new and record.statistics_loss == new
+    focal = RunRecord(cls_loss={"name": "SigmoidFocalLoss", "alpha": 0.25, "gamma": 2.0})
+    assert focal.statistics_loss is None  # a loss without state: no EFL state to read
 
 
 def test_the_machine_a_run_trained_on_reads_as_one_line():

@@ -70,7 +70,7 @@ def test_same_training_twice_in_one_process_is_bitwise_equal(tiny_dataset, tmp_p
     first = train(tiny_dataset, str(tmp_path / "a"), kind)
     disturb_global_generators(7)
     second = train(tiny_dataset, str(tmp_path / "b"), kind)
-    assert any(k.endswith("efl.pos_neg") for k in first) == (kind == "efl")
+    assert any(k.endswith("cls_loss.pos_neg") for k in first) == (kind == "efl")
     assert not torch.equal(first["head.cls_score.weight"], torch.zeros_like(first["head.cls_score.weight"]))
     assert_same(first, second, "model")
     record = RunRecord.read(str(tmp_path / "a"))  # what the bits depend on, recorded
@@ -90,5 +90,5 @@ def test_same_training_in_another_process_is_bitwise_equal(tiny_dataset, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     there = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu",
                        weights_only=False)["model"]
-    assert any(k.startswith("efl.") for k in here) == (kind == "efl")
+    assert any(k.startswith("cls_loss.") for k in here) == (kind == "efl")
     assert_same(here, there, "model")

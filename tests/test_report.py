@@ -27,10 +27,12 @@ from efl.report.runs import _iter_json_array
 PNGS = [f for f in REPORT_FILES if f.endswith(".png")]
 
 
-def make_run(folder, val_json, image_root, *, seed, bbox, efl, num_iters=60, rng_seed=0):
+def make_run(folder, val_json, image_root, *, seed, bbox, efl, num_iters=60, rng_seed=0,
+             legacy=False):
     """An output folder as the trainer writes it (fabricated numbers).
 
-    bbox: dict of box metrics (percent); efl: None or (gamma_b, scale_factor, alpha)."""
+    bbox: dict of box metrics (percent); efl: None or (gamma_b, scale_factor, alpha);
+    legacy: as written before the loss was ``cls_loss`` (run_info "efl", keys "efl.*")."""
     rng = np.random.default_rng(rng_seed)
     os.makedirs(os.path.join(folder, "inference"))
     with open(val_json) as f:
@@ -39,7 +41,9 @@ def make_run(folder, val_json, image_root, *, seed, bbox, efl, num_iters=60, rng
     info = {
         "meta_architecture": "EFLRetinaNet" if efl else "RetinaNet",
         "num_classes": K,
-        "efl": None if efl is None else dict(zip(("gamma_b", "scale_factor", "alpha"), efl)),
+        **({"efl": None if efl is None else dict(zip(("gamma_b", "scale_factor", "alpha"), efl))}
+           if legacy else {"cls_loss": None if efl is None else {
+               "name": "EqualizedFocalLoss", **dict(zip(("gamma_b", "scale_factor", "alpha"), efl))}}),
         "train_datasets": ["efl_tiny_train"],
         "test_dataset": "efl_tiny_val",
         "test_json": val_json,
@@ -71,7 +75,8 @@ def make_run(folder, val_json, image_root, *, seed, bbox, efl, num_iters=60, rng
         freq = [c["frequency"] for c in sorted(data["categories"], key=lambda c: c["id"])]
         g = torch.tensor([groups[x] + 0.1 * rng.random() for x in freq], dtype=torch.float32)
         neg = torch.full((K,), 10.0)
-        state.update({"efl.pos_grad": g * neg, "efl.neg_grad": neg, "efl.pos_neg": g})
+        prefix = "efl." if legacy else "cls_loss."
+        state.update({prefix + "pos_grad": g * neg, prefix + "neg_grad": neg, prefix + "pos_neg": g})
     torch.save({"model": state, "iteration": num_iters - 1},
                os.path.join(folder, "model_final.pth"))
     dets = []
@@ -107,7 +112,8 @@ def runs(tiny_dataset, tmp_path_factory):
                      bbox=dict(zip(METRICS, ap)), efl=None, rng_seed=s)
             for s, ap in enumerate(BASE_AP)]
     efl = [make_run(str(root / f"efl_s{s}"), meta.json_file, meta.image_root, seed=s,
-                    bbox=dict(zip(METRICS, ap)), efl=(2.0, 8.0, 0.25), rng_seed=10 + s)
+                    bbox=dict(zip(METRICS, ap)), efl=(2.0, 8.0, 0.25), rng_seed=10 + s,
+                    legacy=s == 0)
            for s, ap in enumerate(EFL_AP)]
     return root, base, efl
 

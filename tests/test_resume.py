@@ -73,7 +73,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
 
     a = torch.load(os.path.join(full, "model_final.pth"), weights_only=True)
     b = torch.load(os.path.join(killed, "model_final.pth"), weights_only=True)
-    assert {"efl.pos_grad", "efl.neg_grad", "efl.pos_neg"} <= a["model"].keys()
+    assert {"cls_loss.pos_grad", "cls_loss.neg_grad", "cls_loss.pos_neg"} <= a["model"].keys()
     assert a["trainer"]["_trainer"]["optimizer"]["state"]
     assert "loss_normalizer" in a["trainer"]["hooks"]["ResumeState"]["ranks"][0]["model_floats"]
     assert_same(a, b)  # model + EFL buffers, optimizer, scheduler, RNG states, normaliser, seed
@@ -140,7 +140,7 @@ def test_init_from_stock_retinanet_checkpoint_says_efl_starts_fresh(tiny_dataset
     with caplog.at_level(logging.INFO, logger="efl.checkpoint"):
         EFLCheckpointer(model, str(tmp_path / "out")).resume_or_load(path, resume=False)
     assert f"EFL state not in checkpoint {path}: efl starts from g = 1 (focal loss)" in caplog.text
-    assert torch.equal(model.efl.pos_neg, torch.ones(TINY_CLASSES))
+    assert torch.equal(model.cls_loss.pos_neg, torch.ones(TINY_CLASSES))
     assert torch.equal(model.head.cls_score.weight, focal.head.cls_score.weight)
 
 
@@ -148,7 +148,7 @@ def test_init_from_checkpoint_with_other_class_count(efl_checkpoint, tiny_datase
     out = efl_checkpoint
     cfg = tiny_lazy_config("efl", tiny_dataset, str(tmp_path))
     cfg.model.num_classes = TINY_CLASSES - 2  # a model for another dataset
-    cfg.model.efl.class_groups = None
+    cfg.model.cls_loss.class_groups = None
     from detectron2.config import instantiate
 
     model = instantiate(cfg.model)

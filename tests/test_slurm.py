@@ -17,7 +17,7 @@ from runs import CONFIG, assert_same, dataset_root, train_net
 from efl.engine.slurm import TrainNetJob, split_train_args, submit
 from efl.errors import InputError
 
-EFL_KEYS = ("efl.pos_grad", "efl.neg_grad", "efl.pos_neg")
+EFL_KEYS = ("cls_loss.pos_grad", "cls_loss.neg_grad", "cls_loss.pos_neg")
 
 
 def test_each_task_runs_the_launcher_with_its_rank_and_the_same_address():
@@ -121,5 +121,5 @@ def test_two_local_tasks_train_as_train_net_with_two_processes(tiny_dataset, tmp
     assert "EFL state identical on all 2 ranks at iteration 2 (3 tensors)" in log
     got = torch.load(tmp_path / "job" / "model_final.pth", weights_only=True)["model"]
     ref = torch.load(tmp_path / "ref" / "model_final.pth", weights_only=True)["model"]
-    assert got["efl.pos_neg"].min() < 1  # the state moved
+    assert got["cls_loss.pos_neg"].min() < 1  # the state moved
     assert_same({k: got[k] for k in EFL_KEYS}, {k: ref[k] for k in EFL_KEYS}, "EFL state")

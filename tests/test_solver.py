@@ -118,7 +118,7 @@ def test_improved_detector_trains_and_evaluates(tiny_dataset, tmp_path):
     assert all(math.isfinite(r["loss_box_reg"]) for r in losses)
     assert losses[0]["lr"] < 0.01 < losses[-1]["lr"]  # warm-up over half an epoch
     state = torch.load(os.path.join(out, "model_final.pth"), weights_only=False)["model"]
-    assert state["efl.pos_grad"].sum() > 0 and "head.iou_pred.weight" in state
+    assert state["cls_loss.pos_grad"].sum() > 0 and "head.iou_pred.weight" in state
     with open(os.path.join(out, "run_info.json")) as f:
         info = json.load(f)
     assert info["meta_architecture"] == "ATSSRetinaNet" and info["max_iter"] == 5

@@ -42,6 +42,8 @@ def test_trainer_trains_evaluates_and_writes_outputs(efl_run):
     with open(os.path.join(out, "run_info.json")) as f:
         info = json.load(f)
     assert info["meta_architecture"] == "EFLRetinaNet" and info["num_classes"] == TINY_CLASSES
+    assert info["cls_loss"] == {"name": "EqualizedFocalLoss", "gamma_b": 2.0, "scale_factor": 8.0,
+                                "alpha": 0.25}
     assert os.path.exists(info["test_json"])
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics if "total_loss" in m] == [0, 1, 2, 3]
@@ -60,10 +62,10 @@ def test_checkpoint_holds_model_efl_state_optimizer_scheduler_iteration(efl_run)
     with open(os.path.join(out, "last_checkpoint")) as f:
         assert f.read().strip() == "model_final.pth"
     ckpt = torch.load(os.path.join(out, "model_final.pth"), weights_only=True)
-    efl_state = trainer.model.efl.state_dict()
+    efl_state = trainer.model.cls_loss.state_dict()
     for name in ("pos_grad", "neg_grad", "pos_neg"):
-        assert torch.equal(ckpt["model"][f"efl.{name}"], efl_state[name])
-    assert ckpt["model"]["efl.pos_neg"].min() < 1  # the state moved during training
+        assert torch.equal(ckpt["model"][f"cls_loss.{name}"], efl_state[name])
+    assert ckpt["model"]["cls_loss.pos_neg"].min() < 1  # the state moved during training
     assert ckpt["iteration"] == 3
     assert ckpt["trainer"]["iteration"] == 3
     assert ckpt["trainer"]["_trainer"]["optimizer"]["state"]  # momentum buffers
@@ -84,14 +86,14 @@ def test_resume_continues_from_last_checkpoint(efl_run, tiny_dataset, tmp_path):
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 2
     saved = torch.load(run / "model_0000001.pth", weights_only=True)
-    assert torch.equal(trainer.model.efl.pos_grad, saved["model"]["efl.pos_grad"])
+    assert torch.equal(trainer.model.cls_loss.pos_grad, saved["model"]["cls_loss.pos_grad"])
     assert trainer.optimizer.state_dict()["state"]  # optimizer state restored
     trainer.train()
     iters = [m["iteration"] for m in read_metrics(run) if "total_loss" in m]
     assert iters == [2, 3]
     final = torch.load(run / "model_final.pth", weights_only=True)
     assert final["iteration"] == 3
-    assert not torch.equal(final["model"]["efl.pos_grad"], saved["model"]["efl.pos_grad"])
+    assert not torch.equal(final["model"]["cls_loss.pos_grad"], saved["model"]["cls_loss.pos_grad"])
 
 
 def test_focal_baseline_is_stock_retinanet(tiny_dataset, tmp_path):
@@ -121,11 +123,11 @@ def test_yaml_config_trains_with_stock_default_trainer(tiny_dataset, tmp_path):
     trainer.train()
     model = trainer.model
     assert type(model).__name__ == "EFLRetinaNet"
-    assert model.efl.group_names  # r/c/f groups came from the dataset's metadata
-    assert model.efl.pos_neg.min() < 1
+    assert model.cls_loss.group_names  # r/c/f groups came from the dataset's metadata
+    assert model.cls_loss.pos_neg.min() < 1
     # Detectron2's own checkpointer saved the EFL state with the weights and loads it back.
     fresh = DefaultTrainer.build_model(cfg)
-    assert torch.equal(fresh.efl.pos_neg, torch.ones(TINY_CLASSES))
+    assert torch.equal(fresh.cls_loss.pos_neg, torch.ones(TINY_CLASSES))
     DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
     loaded = fresh.state_dict()
     for name, value in model.state_dict().items():

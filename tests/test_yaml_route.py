@@ -32,7 +32,7 @@ def test_yaml_config_trains_and_evaluates(name, meta_arch, tiny_dataset, tmp_pat
     trainer.train()  # DefaultTrainer returns results only with TEST.EXPECTED_RESULTS
 
     model = trainer.model
-    assert type(model).__name__ == meta_arch and model.efl.group_names  # r/c/f groups
+    assert type(model).__name__ == meta_arch and model.cls_loss.group_names  # r/c/f groups
     latest = trainer.storage.latest()  # EvalHook's results, as in metrics.json
     box = {k: latest[f"bbox/{k}"][0] for k in BOX_KEYS}
     assert all(math.isfinite(box[k]) for k in BOX_KEYS), box
@@ -40,9 +40,9 @@ def test_yaml_config_trains_and_evaluates(name, meta_arch, tiny_dataset, tmp_pat
 
     # The EFL state moved and is in the checkpoint, loaded back by Detectron2's checkpointer.
     saved = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
-    assert saved["efl.pos_neg"].shape == (TINY_CLASSES,) and saved["efl.pos_neg"].min() < 1
+    assert saved["cls_loss.pos_neg"].shape == (TINY_CLASSES,) and saved["cls_loss.pos_neg"].min() < 1
     fresh = YAMLTrainer.build_model(cfg)
-    assert torch.equal(fresh.efl.pos_neg, torch.ones(TINY_CLASSES))
+    assert torch.equal(fresh.cls_loss.pos_neg, torch.ones(TINY_CLASSES))
     DetectionCheckpointer(fresh).load(str(tmp_path / "model_final.pth"))
     for key, value in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key

@@ -47,8 +47,8 @@ def build(config, weights=None):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = load_config(os.path.join(root, config), ["train.device=cpu"])
-    if "efl" in cfg.model:
-        cfg.model.efl.class_groups = None
+    if "class_groups" in (cfg.model.get("cls_loss") or {}):
+        cfg.model.cls_loss.class_groups = None
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)
     if weights:

@@ -42,8 +42,8 @@ def build(kind, num_classes, device):
 
     cfg = LazyConfig.load(os.path.join(ROOT, f"configs/Synthetic/retinanet_{kind}.py"))
     cfg.model.num_classes = num_classes
-    if "efl" in cfg.model:
-        cfg.model.efl.class_groups = None
+    if "class_groups" in (cfg.model.get("cls_loss") or {}):
+        cfg.model.cls_loss.class_groups = None
     torch.manual_seed(0)
     return instantiate(cfg.model).to(device).train()
 

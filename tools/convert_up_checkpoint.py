@@ -61,8 +61,8 @@ def main(argv=None) -> int:
             raise ConfigError(f"--config-file {config} not found.")
         cfg = LazyConfig.load(config)  # the model only, built on the CPU: no device check
         apply_overrides(cfg, args.opts)
-        if "efl" in cfg.model and cfg.model.efl is not None:
-            cfg.model.efl.class_groups = None  # statistics only; needs no dataset
+        if "class_groups" in (cfg.model.get("cls_loss") or {}):
+            cfg.model.cls_loss.class_groups = None  # statistics only; needs no dataset
         model = instantiate(cfg.model)
         converted, notes = convert_up(state, model, args.input)
     except InputError as e:

@@ -1,5 +1,5 @@
 """Turn a stock RetinaNet/FCOS/ATSSRetinaNet config into its EFL twin: same everything,
-EFL loss."""
+EFL loss (``model.cls_loss``)."""
 
 from detectron2.config import LazyCall as L
 
@@ -11,11 +11,12 @@ from efl.data.lvis import frequency_groups
 
 
 def use_efl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0, alpha=0.25):
-    """Switch ``model`` (a LazyCall of RetinaNet or FCOS) to its EFL subclass in place; an
-    ATSSRetinaNet keeps its class and gets the EFL module (it runs focal loss without one)."""
+    """Give ``model`` the EFL module as ``cls_loss``, in place. A stock RetinaNet or FCOS
+    becomes its subclass that holds one (EFLRetinaNet, EFLFCOS); an ATSSRetinaNet keeps its
+    class (its focal loss, a SigmoidFocalLoss, is the module replaced)."""
     if model._target_ is not ATSSRetinaNet:
         model._target_ = {RetinaNet: EFLRetinaNet, FCOS: EFLFCOS}[model._target_]
-    model.efl = L(EqualizedFocalLoss)(
+    model.cls_loss = L(EqualizedFocalLoss)(
         num_classes="${..num_classes}",
         gamma_b=gamma_b,
         scale_factor=scale_factor,

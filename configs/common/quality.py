@@ -4,7 +4,7 @@ the recipe unchanged; ``use_eqfl`` then gives it Equalized Quality Focal Loss.""
 
 from detectron2.config import LazyCall as L
 
-from efl import EqualizedQualityFocalLoss
+from efl import EqualizedQualityFocalLoss, QualityFocalLoss
 from efl.data.lvis import frequency_groups
 from efl.modeling import QualityATSSRetinaNet, QualityHead
 
@@ -14,12 +14,14 @@ def use_quality_score(model):
     ``focal_loss_gamma`` (2)."""
     model._target_ = QualityATSSRetinaNet
     model.head._target_ = QualityHead
+    model.cls_loss = L(QualityFocalLoss)(num_classes="${..num_classes}", beta="${..focal_loss_gamma}")
     return model
 
 
 def use_eqfl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0):
-    """Give ``model`` (a quality-score config) the EQFL module in place of QFL."""
-    model.efl = L(EqualizedQualityFocalLoss)(
+    """Give ``model`` (a quality-score config) the EQFL module as ``cls_loss``, in place of
+    QFL."""
+    model.cls_loss = L(EqualizedQualityFocalLoss)(
         num_classes="${..num_classes}",
         gamma_b=gamma_b,
         scale_factor=scale_factor,

@@ -15,5 +15,5 @@ def use_custom_dataset(dataloader, model):
     dataloader.train.dataset.names = "${dataset.name}_train"
     dataloader.test.dataset.names = "${dataset.name}_val"
     model.num_classes = None  # set from dataset.train_json at run set-up
-    if "efl" in model:
-        model.efl.class_groups.dataset_name = "${dataset.name}_train"
+    if "class_groups" in model.get("cls_loss", {}):
+        model.cls_loss.class_groups.dataset_name = "${dataset.name}_train"

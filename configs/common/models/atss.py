@@ -13,8 +13,8 @@ file and line in their code):
   tower, cls prior 0.001;
 - anchors: 2 per location, aspect 1.0, sizes {6, 8} x stride (centres at (i + 0.5) x stride);
 - ATSS: top 18 anchors per level, IoU >= mean + std, centre inside the box;
-- losses: focal loss here (configs/common/efl.py turns it into EFL), GIoU weighted by the
-  IoU target, IoU-branch BCE;
+- losses: focal loss here (``cls_loss``; configs/common/efl.py puts EFL in its place), GIoU
+  weighted by the IoU target, IoU-branch BCE;
 - test: sigmoid(cls) * sigmoid(iou), no score threshold, per level top min(6000, anchors),
   class-wise NMS 0.5 over all levels, 300 detections per image (the authors' order:
   ATSSRetinaNet.inference_single_image).
@@ -26,6 +26,7 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.backbone import BasicStem, ResNet
 from detectron2.modeling.box_regression import Box2BoxTransform
 
+from efl import SigmoidFocalLoss
 from efl.modeling import (
     ATSSAssigner, ATSSHead, ATSSRetinaNet, FrozenStatsBatchNorm2d, LastLevelP6P7, LateralTopFPN,
 )
@@ -68,6 +69,9 @@ model = L(ATSSRetinaNet)(
     anchor_matcher=L(ATSSAssigner)(topk=18),
     num_classes=1203,
     head_in_features=["p3", "p4", "p5", "p6", "p7"],
+    cls_loss=L(SigmoidFocalLoss)(
+        num_classes="${..num_classes}", alpha="${..focal_loss_alpha}", gamma="${..focal_loss_gamma}"
+    ),
     efl_statistics="paper",  # "authors": their A = 2 statistics (docs/authors-detector.md)
     focal_loss_alpha=0.25,
     focal_loss_gamma=2.0,

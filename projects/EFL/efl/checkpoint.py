@@ -24,11 +24,24 @@ from detectron2.checkpoint import DetectionCheckpointer
 from .convert import adapt_checkpoint
 from .errors import CheckpointError
 from .io import atomic_write, temporary_pid
-from .losses import GradientStatisticsLoss
+from .losses import statistics_losses
 
-__all__ = ["EFLCheckpointer"]
+__all__ = ["EFLCheckpointer", "rename_legacy_loss_keys"]
 
 logger = logging.getLogger(__name__)
+
+def rename_legacy_loss_keys(state: dict, model_keys=None) -> dict:
+    """``state`` (a model state dict) with the keys of checkpoints written before detectors
+    held their loss as ``cls_loss``, ``efl.<name>``, renamed ``cls_loss.<name>`` (order
+    kept); unchanged when ``model_keys`` (the model's state-dict keys, if given) has
+    ``efl.`` keys of its own. The one place old checkpoints are mapped."""
+    if model_keys is not None and any(k.startswith("efl.") for k in model_keys):
+        return state
+    if not any(k.startswith("efl.") for k in state):
+        return state
+    return {("cls_loss." + k[len("efl."):] if k.startswith("efl.") else k): v
+            for k, v in state.items()}
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -129,6 +142,9 @@ class EFLCheckpointer(DetectionCheckpointer):
             ) from None
 
     def _load_model(self, checkpoint):
+        if isinstance(checkpoint.get("model"), dict):
+            checkpoint["model"] = rename_legacy_loss_keys(checkpoint["model"],
+                                                          self.model.state_dict().keys())
         incompatible = super()._load_model(checkpoint)
         if self._resuming:
             self._require_exact_fit(incompatible)
@@ -156,9 +172,7 @@ class EFLCheckpointer(DetectionCheckpointer):
 
     def _report_fresh(self, incompatible) -> None:
         """Log one line per part of the model that the checkpoint did not initialise."""
-        efl_prefixes = [
-            f"{n}." for n, m in self.model.named_modules() if isinstance(m, GradientStatisticsLoss)
-        ]
+        efl_prefixes = [f"{n}." for n, _ in statistics_losses(self.model)]
         shapes = {k: (c, m) for k, c, m in incompatible.incorrect_shapes}
         missing = set(incompatible.missing_keys) - set(shapes)  # fvcore lists both
         for prefix in efl_prefixes:

@@ -1,16 +1,27 @@
 """YAML-config support for users of Detectron2's ``DefaultTrainer`` (LazyConfig users set
-the same values directly on ``model.efl``)."""
+the loss module directly as ``model.cls_loss``)."""
 
 from detectron2.config import CfgNode as CN
 
-from .losses import EqualizedFocalLoss
+from .errors import ConfigError
+from .focal_losses import QualityFocalLoss, SigmoidFocalLoss
+from .losses import DenseClassificationLoss, EqualizedFocalLoss
+from .quality_loss import EqualizedQualityFocalLoss
 
-__all__ = ["add_atss_config", "add_efl_config", "efl_from_config"]
+__all__ = ["add_atss_config", "add_efl_config", "cls_loss_from_config", "CLS_LOSSES"]
+
+# MODEL.EFL.LOSS values; a quality-score model (QualityATSSRetinaNet) reads "EFL" as EQFL
+# and "focal" as QFL, the same loss with the IoU of the decoded box as its target.
+CLS_LOSSES = ("EFL", "focal", "EQFL", "QFL")
+_QUALITY_TWIN = {"EFL": "EQFL", "focal": "QFL"}
 
 
 def add_efl_config(cfg) -> None:
     """Add ``MODEL.EFL`` and ``MODEL.FCOS`` (Detectron2's YAML config has no FCOS options)."""
     cfg.MODEL.EFL = CN()
+    # The classification loss (cls_loss): one of CLS_LOSSES; "focal" is the model's focal
+    # loss (MODEL.RETINANET / MODEL.FCOS FOCAL_LOSS_ALPHA, _GAMMA; QFL: beta = the gamma).
+    cfg.MODEL.EFL.LOSS = "EFL"
     cfg.MODEL.EFL.GAMMA_B = 2.0
     cfg.MODEL.EFL.SCALE_FACTOR = 8.0
     cfg.MODEL.EFL.ALPHA = 0.25
@@ -42,7 +53,8 @@ def add_atss_config(cfg) -> None:
         add_efl_config(cfg)
     cfg.MODEL.ATSS = CN()
     cfg.MODEL.ATSS.TOPK = 18  # candidate anchors per level and box
-    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = "EFL"  # or "focal"
+    # Older name of MODEL.EFL.LOSS, still read: "" (default) follows MODEL.EFL.LOSS.
+    cfg.MODEL.ATSS.CLASSIFICATION_LOSS = ""
     cfg.MODEL.ATSS.HEAD_NORM = "GN"
     # "paper" or "authors" (their A = 2 gradient statistics, for reproduction studies)
     cfg.MODEL.ATSS.EFL_STATISTICS = "paper"
@@ -52,17 +64,41 @@ def add_atss_config(cfg) -> None:
     cfg.MODEL.ATSS.SIZE_DIVISIBILITY = 64  # batches padded to a multiple of it
 
 
-def efl_from_config(cfg, num_classes: int) -> EqualizedFocalLoss:
-    """The ``EqualizedFocalLoss`` described by ``cfg.MODEL.EFL`` for ``num_classes``."""
+def cls_loss_name(cfg, quality: bool = False) -> str:
+    """The loss named by ``MODEL.EFL.LOSS`` (or the older ``MODEL.ATSS.CLASSIFICATION_LOSS``
+    when set), as the model reads it: one of :data:`CLS_LOSSES`."""
+    name = cfg.MODEL.EFL.LOSS
+    legacy = cfg.MODEL.ATSS.get("CLASSIFICATION_LOSS", "") if "ATSS" in cfg.MODEL else ""
+    if legacy:
+        if name not in ("EFL", legacy):  # "EFL" is the default: the older key decides
+            raise ConfigError(
+                f"MODEL.EFL.LOSS={name!r} and MODEL.ATSS.CLASSIFICATION_LOSS={legacy!r} "
+                "disagree; set MODEL.EFL.LOSS only (the other is its older name)"
+            )
+        name = legacy
+    if name not in CLS_LOSSES:
+        raise ConfigError(f"MODEL.EFL.LOSS must be one of {CLS_LOSSES}; got {name!r}")
+    return _QUALITY_TWIN.get(name, name) if quality else name
+
+
+def cls_loss_from_config(cfg, num_classes: int, focal_alpha: float = 0.25,
+                         focal_gamma: float = 2.0, quality: bool = False) -> DenseClassificationLoss:
+    """The ``cls_loss`` module of ``MODEL.EFL`` (:func:`cls_loss_name`) for ``num_classes``;
+    ``focal_alpha`` / ``focal_gamma``: the model's focal-loss settings; ``quality``: the
+    model trains against quality targets (QFL / EQFL)."""
     from .data.lvis import frequency_groups
 
+    name = cls_loss_name(cfg, quality)
+    if name == "focal":
+        return SigmoidFocalLoss(num_classes, alpha=focal_alpha, gamma=focal_gamma)
+    if name == "QFL":
+        return QualityFocalLoss(num_classes, beta=focal_gamma)
     groups = None
     if cfg.MODEL.EFL.USE_FREQUENCY_GROUPS and len(cfg.DATASETS.TRAIN):
         groups = frequency_groups(cfg.DATASETS.TRAIN[0], required=False)
-    return EqualizedFocalLoss(
-        num_classes,
-        gamma_b=cfg.MODEL.EFL.GAMMA_B,
-        scale_factor=cfg.MODEL.EFL.SCALE_FACTOR,
-        alpha=cfg.MODEL.EFL.ALPHA,
-        class_groups=groups,
-    )
+    efl = cfg.MODEL.EFL
+    if name == "EQFL":
+        return EqualizedQualityFocalLoss(num_classes, gamma_b=efl.GAMMA_B,
+                                         scale_factor=efl.SCALE_FACTOR, class_groups=groups)
+    return EqualizedFocalLoss(num_classes, gamma_b=efl.GAMMA_B, scale_factor=efl.SCALE_FACTOR,
+                              alpha=efl.ALPHA, class_groups=groups)

@@ -156,6 +156,11 @@ class EqualizationLossV2(GradientStatisticsLoss):
         """(K,) weight f(g) of each class's negatives."""
         return eqlv2_negative_weight(self.pos_neg, self.map_gamma, self.mu)
 
+    def hyperparameters(self) -> dict:
+        return {"gamma": self.map_gamma, "mu": self.mu, "alpha": self.alpha,
+                "base_loss": self.base_loss, "focal_alpha": self.focal_alpha,
+                "focal_gamma": self.focal_gamma}
+
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, gamma={self.map_gamma}, mu={self.mu}, "
                 f"alpha={self.alpha}, base_loss={self.base_loss!r}")
@@ -231,6 +236,11 @@ class EqualizationLoss(DenseClassificationLoss):
         self.register_buffer("image_frequency", frequency, persistent=False)
         self.register_buffer("rare", frequency < self.lambda_, persistent=False)
 
+    def hyperparameters(self) -> dict:
+        return {"lambda_": self.lambda_, "rare_classes": int(self.rare.sum()),
+                "base_loss": self.base_loss, "focal_alpha": self.focal_alpha,
+                "focal_gamma": self.focal_gamma}
+
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, lambda_={self.lambda_}, "
                 f"rare_classes={int(self.rare.sum())}, base_loss={self.base_loss!r}")
@@ -243,7 +253,7 @@ class EqualizationLoss(DenseClassificationLoss):
         quality: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """As :meth:`EqualizationLossV2.forward`."""
-        GradientStatisticsLoss._check_inputs(self, logits, targets, normalizer)  # uses K only
+        self._check_inputs(logits, targets, normalizer)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         with autocast_off(logits.device.type):
             z, y = logits.to(dtype), targets.to(dtype)

@@ -14,13 +14,13 @@ statistics are the entries with y = 1, whatever their quality. No alpha (as the 
 with beta = gamma_b.
 """
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from .kernels import autocast_off
-from .losses import GradientStatisticsLoss, _GradientStatisticsTap
+from .loss_state import GradientStatisticsLoss, tap_logits
 
 __all__ = ["EqualizedQualityFocalLoss", "equalized_quality_focal_loss"]
 
@@ -52,44 +52,31 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
     The readable path under autograd only (no fused kernel: see docs/eqfl.md).
     """
 
+    needs_quality = True
+
     def forward(
         self,
         logits: torch.Tensor,
         targets: torch.Tensor,
-        quality: torch.Tensor,
         normalizer: Union[float, torch.Tensor] = 1.0,
+        quality: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
             logits, targets, normalizer: as :meth:`EqualizedFocalLoss.forward` (targets:
                 the one-hot positives, which the statistics count whatever their quality).
             quality: (M,) soft target in [0, 1] of each row's positive entry (values on
-                background rows are not used).
+                background rows are not used); required (ValueError when None).
         Returns:
             0-dim tensor in float32 (float64 for float64 logits).
         """
         self._start_forward()
         self._check_inputs(logits, targets, normalizer)
-        if not isinstance(quality, torch.Tensor) or quality.shape != logits.shape[:1]:
-            raise ValueError(
-                f"quality must be a tensor of shape (M,) = ({logits.shape[0]},), one value "
-                f"per row of logits; got {tuple(getattr(quality, 'shape', ()))}"
-            )
-        dtype = torch.promote_types(logits.dtype, torch.float32)
+        q = self._quality_or_raise(logits, targets, quality)
+        dtype = q.dtype
         with autocast_off(logits.device.type):
-            z = logits.to(dtype)
             y = targets.to(dtype)
-            q = quality.detach().to(dtype)
-            positive = y.amax(dim=1) > 0 if y.numel() else y.new_zeros(0, dtype=torch.bool)
-            bad = positive & ~((q >= 0) & (q <= 1))
-            if bool(bad.any()):
-                raise ValueError(
-                    "quality must be in [0, 1] on positive rows; got values such as "
-                    f"{q[bad][:3].tolist()}"
-                )
-            q = torch.where(positive, q, 0)  # whatever background rows hold (NaN too)
-            if self.update_statistics and torch.is_grad_enabled() and z.requires_grad:
-                z = _GradientStatisticsTap.apply(z, y, self)
+            z = tap_logits(logits.to(dtype), y, self)
             gamma = self.gamma.to(dtype)
             loss = equalized_quality_focal_loss(z, y * q[:, None], gamma, gamma / self.gamma_b)
             return self._normalize_and_summarize(loss.sum(), normalizer)

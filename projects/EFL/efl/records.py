@@ -92,7 +92,10 @@ class RunRecord:
 
     meta_architecture: Optional[str] = None  # the model's class name, e.g. "EFLRetinaNet"
     num_classes: Optional[int] = None
-    efl: Optional[Dict[str, float]] = None  # gamma_b, scale_factor, alpha; None: no EFL
+    # The classification loss: {"name": class name, **hyperparameters} (DenseClassification
+    # Loss.describe); None: the model holds none (stock RetinaNet / FCOS). Older folders'
+    # "efl" ({gamma_b, scale_factor, alpha}) reads as an EFL / EQFL entry here.
+    cls_loss: Optional[Dict[str, object]] = None
     train_datasets: Optional[List[str]] = None
     test_dataset: Optional[str] = None
     test_json: Optional[str] = None  # the test set's annotation file
@@ -104,6 +107,13 @@ class RunRecord:
     cpu: Optional[str] = None  # cpu_model() of the machine that trained
     torch_threads: Optional[int] = None  # torch.get_num_threads() in the training process
     cpu_capability: Optional[str] = None  # the kernels torch dispatches to, e.g. "AVX512"
+
+    @property
+    def statistics_loss(self) -> Optional[Dict[str, object]]:
+        """``cls_loss`` when it is a loss with per-class state (EFL / EQFL: it has
+        ``gamma_b`` and ``scale_factor``), else None."""
+        loss = self.cls_loss or {}
+        return loss if "gamma_b" in loss and "scale_factor" in loss else None
 
     def write(self, folder: str) -> None:
         """Write ``folder/run_info.json`` atomically (indented JSON, fields in order)."""
@@ -135,4 +145,8 @@ class RunRecord:
         )
         if not isinstance(info, dict):
             raise BadRunFolder(f"{os.path.join(folder, RUN_INFO)} does not hold a JSON object")
+        if "cls_loss" not in info and info.get("efl"):  # written before the cls_loss field
+            old = info["efl"]
+            name = "EqualizedFocalLoss" if old.get("alpha") is not None else "EqualizedQualityFocalLoss"
+            info = {**info, "cls_loss": {"name": name, **{k: v for k, v in old.items() if v is not None}}}
         return cls(**{f.name: info[f.name] for f in fields(cls) if f.name in info})

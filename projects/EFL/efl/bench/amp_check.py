@@ -24,6 +24,7 @@ from typing import List
 
 import torch
 
+from ..losses import statistics_losses
 from .detectors import build_detector, random_batch, train_step
 
 __all__ = ["amp_check", "STAT_TOL", "G_TOL"]
@@ -33,8 +34,13 @@ G_TOL = {torch.float16: 1e-2, torch.bfloat16: 3e-2}
 _KEYS = ("pos_grad", "neg_grad", "pos_neg")
 
 
+def _efl(model):
+    """The model's loss with state (:func:`efl.losses.statistics_losses`)."""
+    return statistics_losses(model)[0][1]
+
+
 def _state(model):
-    return {k: getattr(model.efl, k).detach().clone() for k in _KEYS}
+    return {k: getattr(_efl(model), k).detach().clone() for k in _KEYS}
 
 
 def _sgd(model):
@@ -45,7 +51,7 @@ def _scaler(device, model=None, **kwargs):
     """A GradScaler; with ``model``, its EFL module keeps its state unscaled under it."""
     scaler = torch.amp.GradScaler(device.type, **{"init_scale": 2.0 ** 16, **kwargs})
     if model is not None:
-        model.efl.use_grad_scaler(scaler)
+        _efl(model).use_grad_scaler(scaler)
     return scaler
 
 
@@ -54,10 +60,10 @@ def _amp_step(model, opt, data, amp_dtype, scaler, retry=True, **kwargs):
     network's half-precision gradients, which happens now and then) is run again at the
     backed-off scale, as training would on its next batch (at most 4 tries)."""
     for _ in range(4 if retry else 1):
-        skipped = model.efl.num_skipped_steps
+        skipped = _efl(model).num_skipped_steps
         train_step(model, opt, data, amp_dtype, scaler, **kwargs)
-        model.efl.commit_statistics()  # the step's verdict is known after scaler.update()
-        if model.efl.num_skipped_steps == skipped:
+        _efl(model).commit_statistics()  # the step's verdict is known after scaler.update()
+        if _efl(model).num_skipped_steps == skipped:
             return
 
 
@@ -125,7 +131,7 @@ def amp_check(sizes, device, log=print) -> List[dict]:
         opt, scaler = _sgd(model), _scaler(device, model, init_scale=4.0, growth_interval=growth)
         for _ in range(4):
             _amp_step(model, opt, data, amp_dtype, scaler)
-        states[kind] = (_state(model), scaler.get_scale(), model.efl.num_skipped_steps)
+        states[kind] = (_state(model), scaler.get_scale(), _efl(model).num_skipped_steps)
     (const, _, skips_const), (grown, last_scale, skips) = states["constant"], states["doubling"]
     delta = {k: _norm_diff(grown[k] - before[k], const[k] - before[k]) for k in ("pos_grad", "neg_grad")}
     worst = max(delta.values())
@@ -148,21 +154,21 @@ def amp_check(sizes, device, log=print) -> List[dict]:
     opt, scaler = _sgd(model), _scaler(device, model)
     _amp_step(model, opt, data, amp_dtype, scaler)  # one normal step: momentum buffers exist
     before, params = _state(model), [p.detach().clone() for p in model.parameters()]
-    scale, skipped = scaler.get_scale(), model.efl.num_skipped_steps
+    scale, skipped = scaler.get_scale(), _efl(model).num_skipped_steps
     _amp_step(model, opt, data, amp_dtype, scaler, retry=False,
               loss_scale=torch.tensor(float("inf"), device=device))
     after = _state(model)
     same_state = all(torch.equal(before[k], after[k]) for k in _KEYS)
     same_params = all(torch.equal(p, q) for p, q in zip(params, model.parameters()))
     halved = scaler.get_scale() == scale / 2
-    counted = model.efl.num_skipped_steps == skipped + 1
+    counted = _efl(model).num_skipped_steps == skipped + 1
     rows.append(dict(
         check="forced overflow (loss x inf)", passed=same_state and same_params and halved and counted,
         state_unchanged=same_state, params_unchanged=same_params, scale_halved=halved,
         detail=f"EFL state {'unchanged' if same_state else 'CHANGED'}, parameters "
                f"{'unchanged' if same_params else 'CHANGED'}, scale {scale:g} -> "
                f"{scaler.get_scale():g}, skipped steps counted by the loss: "
-               f"{model.efl.num_skipped_steps - skipped}"))
+               f"{_efl(model).num_skipped_steps - skipped}"))
     for row in rows:
         log(f"amp {row['check']}: {'PASS' if row['passed'] else 'FAIL'} - {row['detail']}")
     return rows

@@ -40,7 +40,8 @@ def load_model_config(arch: str):
 
 def set_loss(model, loss: str, class_groups: Optional[Sequence[str]] = None):
     """In place: "focal" leaves the model as is; "efl" makes a RetinaNet an EFLRetinaNet
-    (an ATSSRetinaNet stays one) with an EqualizedFocalLoss of the model's K."""
+    (an ATSSRetinaNet stays one) with an EqualizedFocalLoss of the model's K as its
+    ``cls_loss``."""
     from detectron2.config import LazyCall as L
     from detectron2.modeling import RetinaNet
 
@@ -51,7 +52,7 @@ def set_loss(model, loss: str, class_groups: Optional[Sequence[str]] = None):
     if loss == "efl":
         if model._target_ is RetinaNet:
             model._target_ = EFLRetinaNet
-        model.efl = L(EqualizedFocalLoss)(num_classes=model.num_classes, class_groups=class_groups)
+        model.cls_loss = L(EqualizedFocalLoss)(num_classes=model.num_classes, class_groups=class_groups)
     return model
 
 

@@ -101,11 +101,12 @@ def train(model, stream: ProceduralStream, cfg: ProbeConfig, device, log=print) 
     counts = dict(pos=torch.zeros(cfg.design.num_classes, dtype=torch.float64), rows=0,
                   images=np.zeros(cfg.design.num_classes, dtype=np.int64))
     hook = None
-    if hasattr(model, "efl"):
+    losses = statistics_losses(model)
+    if losses:
         def count(_module, args):
             counts["pos"] += args[1].sum(0).double().cpu()
             counts["rows"] += args[1].shape[0]
-        hook = model.efl.register_forward_pre_hook(count)
+        hook = losses[0][1].register_forward_pre_hook(count)
     amp = device.type == "cuda"
     model.train()
     times = []
@@ -226,7 +227,7 @@ def run_probe(cfg: ProbeConfig, device_name: str, out: str = None, log=print) ->
                                            float(np.median(counts["images"][rare])),
                                            int(counts["images"][rare].max())]
             if loss == "efl":
-                efl = model.efl
+                efl = statistics_losses(model)[0][1]
                 row["mean_g"] = _group_means(efl.pos_neg.cpu(), groups)
                 row["mean_gamma"] = _group_means(efl.gamma.cpu(), groups)
                 pos = counts["pos"][torch.from_numpy(rare)]

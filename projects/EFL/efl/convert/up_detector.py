@@ -26,7 +26,7 @@ UP_NAMES = [
     (r"^roi_head\.cls_subnet_pred\.", r"head.cls_score."),  # + class-major -> anchor-major
     (r"^roi_head\.box_subnet_pred\.", r"head.bbox_pred."),  # a * 4 + j on both sides
     (r"^roi_head\.iou_pred\.", r"head.iou_pred."),
-    (r"^post_process\.cls_loss\.(pos_grad|neg_grad|pos_neg)$", r"efl.\1"),  # EFL state
+    (r"^post_process\.cls_loss\.(pos_grad|neg_grad|pos_neg)$", r"cls_loss.\1"),  # EFL state
 ]
 CLASS_MAJOR = ("roi_head.cls_subnet_pred.weight", "roi_head.cls_subnet_pred.bias")
 _TOWER_CONV_BIAS = re.compile(r"^head\.(cls|bbox)_subnet\.\d+\.bias$")  # theirs have none
@@ -122,7 +122,7 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
     if dropped:
         notes.append(f"dropped {len(dropped)} BN batch counters (num_batches_tracked): our "
                      "backbone norms never update statistics")
-    efl_dropped = [n for n, t in mapping.items() if t.startswith("efl.") and t not in target]
+    efl_dropped = [n for n, t in mapping.items() if t.startswith("cls_loss.") and t not in target]
     for name in efl_dropped:
         del mapping[name]
     if efl_dropped:
@@ -145,7 +145,7 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
         notes.append(f"filled {len(zero_bias)} head tower conv biases with 0 (their tower convs "
                      "have no bias)")
     missing = [k for k in target if k not in out]
-    efl_missing = [k for k in missing if k.startswith("efl.")]
+    efl_missing = [k for k in missing if k.startswith("cls_loss.")]
     if efl_missing and len(efl_missing) == len(missing):
         notes.append("no EFL state in the source (a focal-loss checkpoint): EFL starts from "
                      "g = 1 for every class")

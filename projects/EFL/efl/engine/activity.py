@@ -8,7 +8,8 @@ from detectron2.engine import HookBase
 
 from ..activity import (LEAST_FREQUENT_LABEL, RARE_LABEL, WARMUP_FRACTION, focal_like_note,
                         least_frequent_g)
-from ..losses import GradientStatisticsLoss
+from ..equalization_losses import EqualizationLossV2
+from ..losses import statistics_losses
 from ..records import RARE, efl_summary_key
 
 __all__ = ["EFLActivityCheck"]
@@ -36,7 +37,8 @@ class EFLActivityCheck(HookBase):
             return
         model = self.trainer.model
         model = getattr(model, "module", model)  # DistributedDataParallel
-        losses = [m for m in model.modules() if isinstance(m, GradientStatisticsLoss)]
+        # EQLv2's g (unclamped, weights f(g)) says nothing about focal-like behaviour
+        losses = [m for _, m in statistics_losses(model) if not isinstance(m, EqualizationLossV2)]
         if not losses:
             return
         efl = losses[0]

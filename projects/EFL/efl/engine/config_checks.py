@@ -3,11 +3,11 @@
 - :func:`load_config`: the config file exists and every command-line override names an
   existing key (``LazyConfig.apply_overrides`` silently adds unknown ones, so a typo such as
   ``train.max_iterr=5`` would be ignored); a key that a LazyCall node does not list but its
-  target accepts as an argument (e.g. ``model.efl.implementation``) is accepted;
+  target accepts as an argument (e.g. ``model.cls_loss.implementation``) is accepted;
 - :func:`check_device`: ``train.device`` exists on this machine (a GPU config on a machine
   without CUDA would otherwise fail deep inside torch, after the model is built);
-- :func:`check_efl_hyperparameters`: every EFL / EQFL / EQL / EQLv2 node's hyper-parameters
-  are in range (the loss's own checks, reported with the key, e.g. model.efl.scale_factor).
+- :func:`check_efl_hyperparameters`: every classification-loss node's hyper-parameters
+  are in range (the loss's own checks, reported with the key, e.g. model.cls_loss.scale_factor).
 """
 
 import difflib
@@ -22,9 +22,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 
 from ..errors import ConfigError
-from ..equalization_losses import EqualizationLoss, EqualizationLossV2
-from ..losses import EqualizedFocalLoss
-from ..quality_loss import EqualizedQualityFocalLoss
+from ..losses import DenseClassificationLoss
 
 __all__ = ["load_config", "apply_overrides", "check_device", "check_efl_hyperparameters"]
 
@@ -67,7 +65,7 @@ def apply_overrides(cfg, overrides: Sequence[str]):
         except HydraException as e:
             raise ConfigError(
                 f"Cannot parse the override {text!r} ({str(e).splitlines()[0]}). Overrides are "
-                "key=value, e.g. train.max_iter=100 or 'model.efl.alpha=0.25'."
+                "key=value, e.g. train.max_iter=100 or 'model.cls_loss.alpha=0.25'."
             ) from None
         _check_key(cfg, override.key_or_group, text)
         LazyConfig.apply_overrides(cfg, [text])
@@ -131,30 +129,27 @@ def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
             yield from _lazy_nodes(node._get_node(i), f"{path}.{i}")
 
 
-# The hyper-parameters checked per loss class; the others' arguments (dataset-derived:
-# class groups, image frequencies) get stand-ins for one class.
-_CHECKED = {
-    EqualizedFocalLoss: ("gamma_b", "scale_factor", "alpha", "implementation"),
-    EqualizedQualityFocalLoss: ("gamma_b", "scale_factor"),
-    EqualizationLossV2: ("gamma", "mu", "alpha", "base_loss", "focal_alpha", "focal_gamma"),
-    EqualizationLoss: ("lambda_", "base_loss", "focal_alpha", "focal_gamma"),
-}
-_STAND_INS = {EqualizationLoss: {"image_frequency": [0.0]}}
+# Dataset-derived arguments without a default, stood in for one class (EQL's frequencies).
+_STAND_INS = {"image_frequency": [0.0]}
 
 
 def check_efl_hyperparameters(cfg) -> None:
-    """Instantiate-time ValueErrors of the classification losses with hyper-parameters
-    (EFL, EQFL, EQL, EQLv2), raised now, with the key."""
+    """Instantiate-time ValueErrors of the classification losses (every
+    :class:`efl.losses.DenseClassificationLoss` node: EFL, EQFL, focal, QFL, EQL, EQLv2), raised now,
+    with the key."""
     for path, node in _lazy_nodes(cfg):
         target = node._target_
         loss_cls = locate(target) if isinstance(target, str) else target
-        if loss_cls not in _CHECKED:
+        if not (isinstance(loss_cls, type) and issubclass(loss_cls, DenseClassificationLoss)):
             continue
         parameters = inspect.signature(loss_cls).parameters
         defaults = {n: p.default for n, p in parameters.items()}
-        given = {n: node[n] for n in _CHECKED[loss_cls] if n in node}
+        names = [n for n, p in parameters.items() if n not in ("num_classes", "class_groups")
+                 and isinstance(p.default, (int, float, str))]
+        given = {n: node[n] for n in names if n in node}
+        stand_ins = {n: v for n, v in _STAND_INS.items() if n in parameters}
         try:
-            loss_cls(1, **_STAND_INS.get(loss_cls, {}), **given)
+            loss_cls(1, **stand_ins, **given)
         except (ValueError, TypeError) as e:
             message = str(e)
             bad = next((n for n in given if message.startswith(f"{n} ")), None)

@@ -10,7 +10,7 @@ from detectron2.engine import HookBase
 from detectron2.engine import hooks as d2_hooks
 from detectron2.utils import comm
 
-from ..losses import GradientStatisticsLoss
+from ..losses import statistics_losses
 from ..records import EFL_STATS, SUMMARY_GROUPS, efl_summary_key
 from ..rng import get_rng_state, set_rng_state
 
@@ -128,7 +128,7 @@ class EFLStateSyncCheck(HookBase):
         model = _unwrap(self.trainer.model)
         mine = {
             f"{name}.{key}": value.detach().cpu()
-            for name, module in model.named_modules() if isinstance(module, GradientStatisticsLoss)
+            for name, module in statistics_losses(model)
             for key, value in module.state_dict().items()
         }  # fmt: skip
         everyone = comm.all_gather(mine)

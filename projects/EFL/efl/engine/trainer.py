@@ -321,14 +321,11 @@ class Trainer(TrainerBase):
         test_name = dataset_names(self.cfg.dataloader.test)[0]
         meta = MetadataCatalog.get(test_name)
         model = _unwrap(self.model)
-        efl = getattr(model, "efl", None)
+        cls_loss = getattr(model, "cls_loss", None)  # a stock RetinaNet/FCOS has none
         RunRecord(
             meta_architecture=type(model).__name__,
             num_classes=getattr(model, "num_classes", None),
-            efl=None if efl is None else {
-                "gamma_b": efl.gamma_b, "scale_factor": efl.scale_factor,
-                "alpha": getattr(efl, "alpha", None),  # EQFL has none
-            },
+            cls_loss=None if cls_loss is None else cls_loss.describe(),
             train_datasets=dataset_names(self.cfg.dataloader.train),
             test_dataset=test_name,
             test_json=meta.get("json_file"),

@@ -25,7 +25,7 @@ from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 
 from ..compat import FCOS, TracingAdapter
 from ..errors import InputError
-from ..losses import EqualizedFocalLoss
+from ..losses import statistics_losses
 
 __all__ = ["ExportError", "Detections", "check_exportable", "inference_model", "detections",
            "tracing_adapter", "locate_failure"]
@@ -62,7 +62,8 @@ def check_exportable(model: nn.Module) -> None:
 @contextlib.contextmanager
 def inference_model(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` prepared for inference and export, restored on exit: eval mode, on the
-    CPU, without its loss modules (:class:`EqualizedFocalLoss`: training-only state).
+    CPU, without its loss modules with state (:func:`efl.losses.statistics_losses`: EFL, EQFL;
+    training-only state).
 
     In place rather than on a copy: a model trained by ``efl.engine.Trainer`` cannot be
     deep-copied (``copy.deepcopy`` meets an open file object).
@@ -71,12 +72,11 @@ def inference_model(model: nn.Module) -> Iterator[nn.Module]:
     training = model.training
     device = next(iter(model.parameters()), torch.empty(0)).device
     detached = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, EqualizedFocalLoss):
-            parent, _, attr = name.rpartition(".")
-            owner = model.get_submodule(parent)
-            detached.append((owner, attr, module))
-            setattr(owner, attr, None)
+    for name, module in statistics_losses(model):
+        parent, _, attr = name.rpartition(".")
+        owner = model.get_submodule(parent)
+        detached.append((owner, attr, module))
+        setattr(owner, attr, None)
     try:
         yield model.cpu().eval()
     finally:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..checkpoint import EFLCheckpointer
 from ..errors import CheckpointError
-from ..losses import EqualizedFocalLoss
+from ..losses import statistics_losses
 
 __all__ = ["build_inference_model", "load_weights", "quiet_inference_logs"]
 
@@ -59,9 +59,7 @@ def load_weights(model: nn.Module, path: str) -> None:
     incompatible = checkpointer.incompatible
     if incompatible is None:  # nothing loaded (fvcore returns early for an empty path)
         return
-    loss_prefixes = tuple(
-        f"{n}." for n, m in model.named_modules() if isinstance(m, EqualizedFocalLoss)
-    )
+    loss_prefixes = tuple(f"{n}." for n, _ in statistics_losses(model))
     shapes = [(k, c, m) for k, c, m in incompatible.incorrect_shapes
               if not k.startswith(loss_prefixes)]
     reshaped = {k for k, _, _ in incompatible.incorrect_shapes}
@@ -88,8 +86,8 @@ def build_inference_model(cfg) -> nn.Module:
     from ..engine import Trainer
 
     cfg = copy.deepcopy(cfg)
-    if "efl" in cfg.model and cfg.model.efl is not None and "class_groups" in cfg.model.efl:
-        cfg.model.efl.class_groups = None  # training statistics only; needs no dataset
+    if "class_groups" in (cfg.model.get("cls_loss") or {}):
+        cfg.model.cls_loss.class_groups = None  # training statistics only; needs no dataset
     model = Trainer.build_model(cfg)
     load_weights(model, cfg.train.init_checkpoint)
     return model.eval()

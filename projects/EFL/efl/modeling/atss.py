@@ -3,8 +3,9 @@ head towers, an IoU branch, GIoU box loss and IoU-weighted scores (their "improv
 baseline"; Li et al. 2022, built on Zhang et al., "Bridging the Gap Between Anchor-based
 and Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020).
 
-Classification uses :class:`EqualizedFocalLoss` when the model has one (``efl``), else
-Detectron2's focal loss, so the focal-loss baseline and EFL run the same code.
+Classification uses the model's ``cls_loss`` module (:class:`EqualizedFocalLoss`, or
+:class:`efl.focal_losses.SigmoidFocalLoss` for the focal-loss baseline), so the baseline
+and EFL run the same code and differ in that module alone.
 """
 
 from typing import List, Optional, Tuple
@@ -12,7 +13,6 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fvcore.nn import sigmoid_focal_loss_jit
 from torch import nn
 
 from detectron2.config import configurable
@@ -24,10 +24,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..compat import head_norm
-from ..config import efl_from_config
-from ..losses import EqualizedFocalLoss
-from .authors_statistics import AuthorsStatisticsTap
-from .retinanet import check_efl_matches, foreground_one_hot
+from ..config import cls_loss_from_config
+from ..losses import DenseClassificationLoss, GradientStatisticsLoss
+from .authors_statistics import AuthorsStatistics
+from .retinanet import check_cls_loss, foreground_one_hot
 
 __all__ = [
     "ATSSAssigner",
@@ -116,7 +116,9 @@ class ATSSAssigner:
 class ATSSHead(RetinaNetHead):
     """:class:`RetinaNetHead` (cls and box towers, GroupNorm by default) plus an IoU branch:
     a 3x3 conv on the box tower predicting, per anchor, the logit of the IoU between the
-    decoded box and its ground truth."""
+    decoded box and its ground truth (when the class attribute ``iou_branch`` is True)."""
+
+    iou_branch = True
 
     @configurable
     def __init__(self, *, input_shape: List[ShapeSpec], num_classes, num_anchors, conv_dims,
@@ -128,6 +130,8 @@ class ATSSHead(RetinaNetHead):
         self.iou_pred = nn.Conv2d(conv_dims[-1], num_anchors, kernel_size=3, stride=1, padding=1)
         nn.init.normal_(self.iou_pred.weight, mean=0, std=0.01)
         nn.init.constant_(self.iou_pred.bias, 0)
+        if not self.iou_branch:  # initialised all the same: twins draw the same weights
+            self.iou_pred = None
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -138,16 +142,17 @@ class ATSSHead(RetinaNetHead):
     def forward(self, features: List[torch.Tensor]):
         """
         Returns:
-            logits, bbox_reg, iou: per level, (N, A*K, Hi, Wi), (N, A*4, Hi, Wi) and
-            (N, A, Hi, Wi).
+            logits, bbox_reg[, iou]: per level, (N, A*K, Hi, Wi), (N, A*4, Hi, Wi) and
+            (N, A, Hi, Wi) (without the IoU branch: the first two only).
         """
         logits, bbox_reg, iou = [], [], []
         for feature in features:
             box_feature = self.bbox_subnet(feature)
             logits.append(self.cls_score(self.cls_subnet(feature)))
             bbox_reg.append(self.bbox_pred(box_feature))
-            iou.append(self.iou_pred(box_feature))
-        return logits, bbox_reg, iou
+            if self.iou_pred is not None:
+                iou.append(self.iou_pred(box_feature))
+        return (logits, bbox_reg, iou) if self.iou_pred is not None else (logits, bbox_reg)
 
 
 def box_iou_and_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7):
@@ -186,71 +191,97 @@ class ATSSRetinaNet(RetinaNet):
     ``anchor_matcher`` and these losses (N = positive anchors summed over all workers /
     world size, at least 1):
 
-    - ``loss_cls``: EFL (``efl`` set) or focal loss (``efl=None``; ``focal_loss_alpha``,
-      ``focal_loss_gamma``) over all anchors, / N;
+    - ``loss_cls``: the ``cls_loss`` module (EFL, or focal loss for the baseline) over all
+      anchors against the one-hot targets (and :meth:`classification_quality`), / N;
     - ``loss_box_reg``: (1 - GIoU) of each positive's decoded box, weighted by its IoU
       target, / (sum of IoU targets over all workers / world size);
-    - ``loss_iou``: sigmoid cross-entropy of the IoU branch to the IoU target, / N;
-      the IoU target is the IoU of the decoded (detached) box with its ground truth.
+    - ``loss_iou`` (with the head's IoU branch): sigmoid cross-entropy of the IoU branch to
+      the IoU target, / N; the IoU target is the IoU of the decoded (detached) box with its
+      ground truth.
 
-    Inference scores every anchor and class by sigmoid(cls) * sigmoid(iou), then
-    post-processes as the authors do (:meth:`inference_single_image`), with RetinaNet's
-    ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh`` and
-    ``max_detections_per_image``.
+    Inference scores every anchor and class by :meth:`score` (sigmoid(cls) *
+    sigmoid(iou)), then post-processes as the authors do (:meth:`inference_single_image`),
+    with RetinaNet's ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh``
+    and ``max_detections_per_image``.
+
+    A variant changes the seams: ``head_class`` (the YAML head), :meth:`score`, and
+    :meth:`classification_quality` with ``quality_targets`` (e.g. QualityATSSRetinaNet).
     """
 
+    head_class = ATSSHead  # the head from_config builds
+    quality_targets = False  # whether classification_quality gives the loss soft targets
+
     @configurable
-    def __init__(self, *, efl: Optional[EqualizedFocalLoss] = None,
-                 efl_statistics: str = "paper", **kwargs):
+    def __init__(self, *, cls_loss: DenseClassificationLoss, efl_statistics: str = "paper",
+                 **kwargs):
         """
         Args:
-            efl: the classification loss module (its ``num_classes`` must equal the
-                model's); None: focal loss.
+            cls_loss: the classification loss module (its ``num_classes`` must equal the
+                model's; it needs quality targets iff ``quality_targets``).
             efl_statistics: "paper" (default): EFL's gradient statistics per class, as the
                 paper defines them; "authors": as the authors' code accumulates them, which
                 mixes classes when there are several anchors per location
-                (:mod:`efl.modeling.authors_statistics`; for reproduction studies only).
+                (:mod:`efl.modeling.authors_statistics`, given to the loss as its statistics
+                reader; for reproduction studies only; no effect on a loss without state).
             kwargs: everything :class:`RetinaNet` takes; ``head`` must return the IoU
-                branch too (as :class:`ATSSHead`), ``anchor_matcher`` must be an
-                :class:`ATSSAssigner`.
+                branch too for ``loss_iou`` and the IoU-weighted score (as
+                :class:`ATSSHead`), ``anchor_matcher`` must be an :class:`ATSSAssigner`.
         """
         kwargs.setdefault("box_reg_loss_type", "giou")
         super().__init__(**kwargs)
         if not isinstance(self.anchor_matcher, ATSSAssigner):
             raise ValueError(
-                "ATSSRetinaNet needs anchor_matcher=ATSSAssigner(topk); got "
+                f"{type(self).__name__} needs anchor_matcher=ATSSAssigner(topk); got "
                 f"{type(self.anchor_matcher).__name__}"
             )
-        if efl is not None:
-            check_efl_matches(efl, self.num_classes)
+        check_cls_loss(cls_loss, self.num_classes, self.quality_targets, type(self).__name__)
         if efl_statistics not in ("paper", "authors"):
             raise ValueError(f"efl_statistics must be 'paper' or 'authors'; got {efl_statistics!r}")
-        self.efl = efl
+        self.cls_loss = cls_loss
         self.efl_statistics = efl_statistics
-        if efl is not None and efl_statistics == "authors":
-            efl.update_statistics = False  # AuthorsStatisticsTap accumulates instead
+        if efl_statistics == "authors" and isinstance(cls_loss, GradientStatisticsLoss):
+            cls_loss.read_statistics_with(AuthorsStatistics(self.anchor_generator.num_cell_anchors[0]))
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)  # its RetinaNetHead and Matcher are replaced below
         shapes = ret["backbone"].output_shape()
-        ret["head"] = ATSSHead(cfg, [shapes[f] for f in ret["head_in_features"]])
+        ret["head"] = cls.head_class(cfg, [shapes[f] for f in ret["head_in_features"]])
         ret["anchor_matcher"] = ATSSAssigner(cfg.MODEL.ATSS.TOPK)
-        loss = cfg.MODEL.ATSS.CLASSIFICATION_LOSS
-        if loss not in ("EFL", "focal"):
-            raise ValueError(f"MODEL.ATSS.CLASSIFICATION_LOSS must be 'EFL' or 'focal'; got {loss!r}")
-        ret["efl"] = efl_from_config(cfg, ret["num_classes"]) if loss == "EFL" else None
+        ret["cls_loss"] = cls_loss_from_config(
+            cfg, ret["num_classes"], ret["focal_loss_alpha"], ret["focal_loss_gamma"],
+            quality=cls.quality_targets,
+        )
         ret["efl_statistics"] = cfg.MODEL.ATSS.EFL_STATISTICS
         ret.pop("box_reg_loss_type")  # the box loss is GIoU (set in __init__)
         return ret
 
+    # ----- the seams of a variant --------------------------------------------------------
+    def score(self, cls_logits: torch.Tensor, *branches: torch.Tensor) -> torch.Tensor:
+        """(R_l, K) score of one image's level from its (R_l, K) class logits and the
+        head's further per-anchor branches (here the (R_l, 1) IoU logits): sigmoid(cls) *
+        sigmoid(iou)."""
+        (iou_logits,) = branches
+        return cls_logits.sigmoid() * iou_logits.sigmoid()
+
+    def classification_quality(self, iou_target: torch.Tensor) -> Optional[torch.Tensor]:
+        """The soft classification target of each positive anchor, (P,) in [0, 1], from
+        the IoU of its decoded (detached) box with its ground truth; None: the hard one-hot
+        target (here)."""
+        return None
+
+    # ----- training and inference ----------------------------------------------------------
+    def _split_predictions(self, predictions):
+        """The head's outputs per level as (N, R_l, K), (N, R_l, 4) and, per further branch
+        (the IoU branch), (N, R_l, 1)."""
+        dims = [self.num_classes, 4] + [1] * (len(predictions) - 2)
+        return self._transpose_dense_predictions(predictions, dims)
+
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_deltas, pred_ious = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1]
-        )
+        pred_logits, pred_deltas, *branches = self._split_predictions(predictions)
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ious)
+        return self.losses(anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, *branches)
 
     @torch.no_grad()
     def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
@@ -276,15 +307,17 @@ class ATSSRetinaNet(RetinaNet):
             matched_gt_boxes.append(boxes)
         return gt_labels, matched_gt_boxes
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_ious):
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+               pred_ious: Optional[List[torch.Tensor]] = None):
         """
         Args:
             anchors: per level ``Boxes`` (R_l, 4).
             pred_logits, pred_anchor_deltas, pred_ious: per level, (N, R_l, K), (N, R_l, 4)
-                and (N, R_l, 1).
+                and (N, R_l, 1) (None without the IoU branch).
             gt_labels, gt_boxes: per image, from :meth:`label_anchors`.
         Returns:
-            dict with ``loss_cls``, ``loss_box_reg`` and ``loss_iou`` (0-dim, float32).
+            dict with ``loss_cls``, ``loss_box_reg`` and (with ``pred_ious``) ``loss_iou``
+            (0-dim, float32).
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -304,34 +337,28 @@ class ATSSRetinaNet(RetinaNet):
 
         logits = cat(pred_logits, dim=1).reshape(-1, self.num_classes)
         targets = foreground_one_hot(gt_labels.reshape(-1), self.num_classes)
-        if self.efl is not None:
-            if self.efl_statistics == "authors" and torch.is_grad_enabled() and logits.requires_grad:
-                logits = AuthorsStatisticsTap.apply(
-                    logits, targets, self.efl, self.anchor_generator.num_cell_anchors[0]
-                )
-            loss_cls = self.efl(logits, targets, normalizer)
-        else:
-            loss_cls = sigmoid_focal_loss_jit(
-                logits.float(), targets.float(), alpha=self.focal_loss_alpha,
-                gamma=self.focal_loss_gamma, reduction="sum",
-            ) / normalizer
-
-        iou_logits = cat(pred_ious, dim=1)[pos_mask].squeeze(-1).float()
-        loss_iou = F.binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="sum")
-        return {
-            "loss_cls": loss_cls,
+        quality = self.classification_quality(iou_target)
+        if quality is not None:  # (P,) of the positives -> (N * R,), 0 on the others
+            soft = logits.new_zeros(logits.shape[0], dtype=torch.float32)
+            soft[pos_mask.reshape(-1)] = quality
+            quality = soft
+        out = {
+            "loss_cls": self.cls_loss(logits, targets, normalizer, quality=quality),
             "loss_box_reg": ((1 - giou) * iou_target).sum() / iou_normalizer,
-            "loss_iou": loss_iou / normalizer,
         }
+        if pred_ious is not None:
+            iou_logits = cat(pred_ious, dim=1)[pos_mask].squeeze(-1).float()
+            loss_iou = F.binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="sum")
+            out["loss_iou"] = loss_iou / normalizer
+        return out
 
     def forward_inference(self, images, features, predictions):
-        pred_logits, pred_deltas, pred_ious = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4, 1]
-        )
+        pred_logits, pred_deltas, *branches = self._split_predictions(predictions)
         anchors = self.anchor_generator(features)
         results: List[Instances] = []
         for i, image_size in enumerate(images.image_sizes):
-            scores = [c[i].sigmoid() * u[i].sigmoid() for c, u in zip(pred_logits, pred_ious)]
+            scores = [self.score(c[i], *(b[i] for b in bs))
+                      for c, *bs in zip(pred_logits, *branches)]
             deltas = [d[i] for d in pred_deltas]
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results

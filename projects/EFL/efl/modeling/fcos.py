@@ -1,4 +1,5 @@
-"""FCOS whose classification loss is Equalized Focal Loss; nothing else changes."""
+"""FCOS whose classification loss is a module (``cls_loss``, e.g. Equalized Focal Loss);
+nothing else changes."""
 
 import torch
 import torch.nn.functional as F
@@ -10,27 +11,27 @@ from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.utils.events import get_event_storage
 
 from ..compat import FCOS, head_norm, matched_box_tensors
-from ..config import efl_from_config
-from ..losses import EqualizedFocalLoss
-from .retinanet import check_efl_matches, foreground_one_hot
+from ..config import cls_loss_from_config
+from ..losses import DenseClassificationLoss
+from .retinanet import check_cls_loss, foreground_one_hot
 
 __all__ = ["EFLFCOS"]
 
 
 @META_ARCH_REGISTRY.register()
 class EFLFCOS(FCOS):
-    """Detectron2's FCOS with ``loss_fcos_cls`` computed by :class:`EqualizedFocalLoss`.
+    """Detectron2's FCOS with ``loss_fcos_cls`` computed by its ``cls_loss`` module.
 
-    Like :class:`EFLRetinaNet`: the loss is the submodule ``efl`` and the normaliser is
+    Like :class:`EFLRetinaNet`: the loss is the submodule ``cls_loss`` and the normaliser is
     FCOS's own EMA of the positive count. Built from YAML through ``MODEL.FCOS`` (added by
     :func:`efl.config.add_efl_config`: Detectron2 has no FCOS options).
     """
 
     @configurable
-    def __init__(self, *, efl: EqualizedFocalLoss, **kwargs):
+    def __init__(self, *, cls_loss: DenseClassificationLoss, **kwargs):
         super().__init__(**kwargs)
-        check_efl_matches(efl, self.num_classes)
-        self.efl = efl
+        check_cls_loss(cls_loss, self.num_classes, model=type(self).__name__)
+        self.cls_loss = cls_loss
 
     @classmethod
     def from_config(cls, cfg):
@@ -59,7 +60,9 @@ class EFLFCOS(FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "efl": efl_from_config(cfg, fcos.NUM_CLASSES),
+            "cls_loss": cls_loss_from_config(
+                cfg, fcos.NUM_CLASSES, fcos.FOCAL_LOSS_ALPHA, fcos.FOCAL_LOSS_GAMMA
+            ),
         }
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
@@ -74,7 +77,7 @@ class EFLFCOS(FCOS):
 
         # FCOS has no ignored anchors: every (image, anchor) row goes into the loss.
         targets = foreground_one_hot(gt_labels.flatten(), self.num_classes)  # (N * R, K)
-        loss_cls = self.efl(torch.cat(pred_logits, dim=1).flatten(0, 1), targets, normalizer)
+        loss_cls = self.cls_loss(torch.cat(pred_logits, dim=1).flatten(0, 1), targets, normalizer)
 
         loss_box_reg = _dense_box_regression_loss(
             anchors, self.box2box_transform, pred_anchor_deltas, matched_box_tensors(gt_boxes), pos_mask,

@@ -165,11 +165,11 @@ def _check_runs(runs: Dict[str, List[Run]], labels: Sequence[str], warn) -> List
     """Warn about swapped folders and runs evaluated on different data; returns the
     names of the test datasets."""
     for run in runs[labels[0]]:
-        if run.info.efl:
+        if run.info.statistics_loss:
             warn(f"baseline ({labels[0]}) run {run.path} is an EFL model "
                  f"({run.info.meta_architecture}): are the folders swapped?")
     for run in runs[labels[1]]:
-        if not run.info.efl:
+        if not run.info.statistics_loss:
             warn(f"{labels[1]} run {run.path} is not an EFL model "
                  f"({run.info.meta_architecture}): it has no EFL state to plot")
     every = runs[labels[0]] + runs[labels[1]]

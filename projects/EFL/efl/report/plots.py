@@ -148,7 +148,7 @@ def plot_efl_state(path: str, efl_runs: List[Run], gt: dict, label: str) -> Opti
     """Returns None, or why the plot was skipped."""
     runs = [r for r in efl_runs if r.efl_state is not None]
     if not runs:
-        return f"no {label} run has an EFL state (run_info.json 'efl' is null)"
+        return f"no {label} run has an EFL state (run_info.json 'cls_loss' has no EFL state)"
     cats = [gt["categories"].get(i) for i in range(1, runs[0].efl_state["pos_neg"].size + 1)]
     if any(c is None for c in cats) or len(gt["categories"]) != len(cats):
         return (f"the test JSON has {len(gt['categories'])} categories but the EFL state has "
@@ -163,7 +163,7 @@ def plot_efl_state(path: str, efl_runs: List[Run], gt: dict, label: str) -> Opti
     groups = np.array([c.get("frequency", "?") for c in cats])
     g_all = np.stack([r.efl_state["pos_neg"] for r in runs])
     gamma_all = np.stack([r.efl_state["gamma"] for r in runs])
-    params = runs[0].info.efl
+    params = runs[0].info.statistics_loss
     n = len(runs)
     size = 14 if len(cats) <= 200 else 6
 

@@ -107,9 +107,11 @@ def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
     """Final per-class g and gamma from ``model_final.pth``."""
     import torch
 
+    from ..checkpoint import rename_legacy_loss_keys
+
     path = need_file(
         folder, "model_final.pth",
-        "the EFL state plot reads the final per-class state (efl.pos_neg) from it; did "
+        "the EFL state plot reads the final per-class state (cls_loss.pos_neg) from it; did "
         "training finish?",
     )
     try:
@@ -122,10 +124,11 @@ def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise BadRunFolder(f"{path} holds no state dict (expected a dict with 'model')")
+    state = rename_legacy_loss_keys(state)  # folders written when the loss was "efl"
 
     def find(name):
         for key, value in state.items():
-            if key == f"efl.{name}" or key.endswith(f".efl.{name}"):
+            if key == f"cls_loss.{name}" or key.endswith(f".cls_loss.{name}"):
                 return value.detach().to(torch.float32).cpu().numpy().copy()
         return None
 
@@ -134,16 +137,17 @@ def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
         pos_neg = efl_pos_neg(pos, neg)
     if pos_neg is None:
         raise BadRunFolder(
-            f"{path} has no EFL state (efl.pos_neg) in its model: is {folder} an EFL run? "
+            f"{path} has no EFL state (cls_loss.pos_neg) in its model: is {folder} an EFL run? "
             f"(meta_architecture {info.meta_architecture!r})"
         )
     num_classes = info.num_classes
     if num_classes is not None and pos_neg.shape != (num_classes,):
         raise BadRunFolder(
-            f"{path}: efl.pos_neg has shape {pos_neg.shape} but run_info.json says "
+            f"{path}: cls_loss.pos_neg has shape {pos_neg.shape} but run_info.json says "
             f"num_classes={num_classes}"
         )
-    gamma = efl_gamma(pos_neg, info.efl["gamma_b"], info.efl["scale_factor"])
+    params = info.statistics_loss
+    gamma = efl_gamma(pos_neg, params["gamma_b"], params["scale_factor"])
     out = {"pos_neg": pos_neg, "gamma": gamma}
     if pos is not None and neg is not None:
         out.update(pos_grad=pos, neg_grad=neg)
@@ -188,7 +192,7 @@ def load_run(path: str, model: str = "", need_detections: bool = False) -> Run:
     )
     run = Run(path=path, model=model, info=info, bbox=bbox, iteration=iteration,
               metrics=read_metrics(metrics_path))
-    if info.efl:
+    if info.statistics_loss:
         run.efl_state = _read_efl_state(path, info)
     if need_detections:
         need_file(path, DETECTIONS_FILE,

@@ -41,7 +41,7 @@ def summarize_models(runs: Dict[str, List[Run]], labels: Sequence[str],
                 "name": run.name, "path": run.path, "seed": run.seed,
                 "iteration": run.iteration, "max_iter": run.info.max_iter,
                 "meta_architecture": run.info.meta_architecture,
-                "efl": run.info.efl, "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
+                "cls_loss": run.info.cls_loss, "bbox": {**dict.fromkeys(metrics, math.nan), **run.bbox},
                 "efl_groups": efl_groups, "efl_note": _focal_like(run, efl_groups),
                 "machine": run.info.machine(),
                 "label": label,
@@ -77,7 +77,7 @@ def _group_state(run: Run, groups: Optional[List[str]]) -> Optional[dict]:
 def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     """:func:`efl.activity.focal_like_note` on the run's final state: the rare group's mean
     g, or without groups the least frequent classes'."""
-    if run.efl_state is None or not run.info.efl:
+    if run.efl_state is None or not run.info.statistics_loss:
         return None
     if efl_groups and RARE in efl_groups:
         classes, g = RARE_LABEL, efl_groups[RARE]["g"]
@@ -86,7 +86,7 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
                                                             run.efl_state["pos_grad"])
     else:
         return None
-    return focal_like_note(g, classes, run.info.efl["gamma_b"], run.info.efl["scale_factor"],
+    return focal_like_note(g, classes, run.info.statistics_loss["gamma_b"], run.info.statistics_loss["scale_factor"],
                            f"at the end of training (iteration {run.iteration})")
 
 
