@@ -278,6 +278,25 @@ def test_inference_loading_exempts_the_eqfl_state(tmp_path):
         load_weights(eqfl, path)
 
 
+def test_yaml_config_builds_the_quality_detector(tmp_path):
+    """configs/yaml/eqfl_quality_R_50_FPN.yaml: QualityATSSRetinaNet.from_config builds its
+    QualityHead and EQFL; MODEL.EFL.LOSS QFL (or focal) gives the QFL twin."""
+    from detectron2.modeling import build_model
+
+    from efl.modeling import QualityATSSRetinaNet, QualityHead
+    from helpers import TINY_CLASSES, tiny_yaml_config
+
+    cfg = tiny_yaml_config("eqfl_quality_R_50_FPN", "unused", str(tmp_path))
+    cfg.DATASETS.TRAIN = ()
+    model = build_model(cfg)
+    assert type(model) is QualityATSSRetinaNet and type(model.head) is QualityHead
+    assert isinstance(model.cls_loss, EqualizedQualityFocalLoss)
+    assert model.cls_loss.num_classes == TINY_CLASSES and model.head.iou_pred is None
+    for name in ("QFL", "focal"):
+        cfg.MODEL.EFL.LOSS = name
+        assert type(build_model(cfg).cls_loss) is QualityFocalLoss
+
+
 @pytest.mark.slow
 def test_quality_detector_trains_with_eqfl_and_its_state_moves(tiny_dataset, tmp_path):
     from detectron2.config import LazyCall as L

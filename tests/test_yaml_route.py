@@ -24,6 +24,7 @@ from helpers import TINY_CLASSES, tiny_yaml_config
 @pytest.mark.parametrize("name, meta_arch", [
     ("efl_retinanet_R_50_FPN", "EFLRetinaNet"),
     ("efl_improved_R_50_FPN", "ATSSRetinaNet"),
+    ("eqfl_quality_R_50_FPN", "QualityATSSRetinaNet"),  # from_config: QualityHead, EQFL
 ])
 def test_yaml_config_trains_and_evaluates(name, meta_arch, tiny_dataset, tmp_path):
     cfg = tiny_yaml_config(name, tiny_dataset, str(tmp_path))

@@ -37,11 +37,6 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss
 
 
-def _check_num_classes(num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
-
-
 class SigmoidFocalLoss(DenseClassificationLoss):
     """Focal loss, sum over all entries / normaliser (no state).
 
@@ -53,20 +48,16 @@ class SigmoidFocalLoss(DenseClassificationLoss):
 
     def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
-        _check_num_classes(num_classes)
+        self._set_num_classes(num_classes)
         if not alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1] (or negative: none); got alpha={alpha!r}")
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0; got gamma={gamma!r}")
-        self.num_classes = num_classes
         self.alpha = float(alpha)
         self.gamma = float(gamma)
 
     def hyperparameters(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma}
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, alpha={self.alpha}, gamma={self.gamma}"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,
@@ -90,17 +81,13 @@ class QualityFocalLoss(DenseClassificationLoss):
 
     def __init__(self, num_classes: int, beta: float = 2.0):
         super().__init__()
-        _check_num_classes(num_classes)
+        self._set_num_classes(num_classes)
         if not beta > 0:
             raise ValueError(f"beta must be > 0; got beta={beta!r}")
-        self.num_classes = num_classes
         self.beta = float(beta)
 
     def hyperparameters(self) -> dict:
         return {"beta": self.beta}
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, beta={self.beta}"
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,

@@ -109,13 +109,11 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         class_groups: Optional[Sequence[str]] = None,
     ):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        self._set_num_classes(num_classes)
         if not gamma_b > 0:
             raise ValueError(f"gamma_b must be > 0; got gamma_b={gamma_b!r}")
         if not scale_factor >= 0:
             raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
-        self.num_classes = num_classes
         self.gamma_b = float(gamma_b)
         self.scale_factor = float(scale_factor)
         self.update_statistics = True
@@ -162,12 +160,6 @@ class GradientStatisticsLoss(DenseClassificationLoss):
     def weight(self) -> torch.Tensor:
         """(K,) weighting factor of each class from the current state."""
         return efl_weight(self.pos_neg, self.gamma_b, self.scale_factor)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}"
-        )
 
     def hyperparameters(self) -> dict:
         return {"gamma_b": self.gamma_b, "scale_factor": self.scale_factor}
