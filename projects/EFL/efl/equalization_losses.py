@@ -161,10 +161,6 @@ class EqualizationLossV2(GradientStatisticsLoss):
                 "base_loss": self.base_loss, "focal_alpha": self.focal_alpha,
                 "focal_gamma": self.focal_gamma}
 
-    def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, gamma={self.map_gamma}, mu={self.mu}, "
-                f"alpha={self.alpha}, base_loss={self.base_loss!r}")
-
     def forward(
         self,
         logits: torch.Tensor,
@@ -214,8 +210,7 @@ class EqualizationLoss(DenseClassificationLoss):
         focal_gamma: float = 2.0,
     ):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        self._set_num_classes(num_classes)
         _check_base_loss(base_loss, focal_alpha, focal_gamma)
         if not 0 <= lambda_ <= 1:
             raise ValueError(
@@ -228,7 +223,6 @@ class EqualizationLoss(DenseClassificationLoss):
         frequency = torch.as_tensor(list(image_frequency), dtype=torch.float32)
         if not bool(((frequency >= 0) & (frequency <= 1)).all()):
             raise ValueError("image_frequency values must be in [0, 1] (fractions of images)")
-        self.num_classes = num_classes
         self.lambda_ = float(lambda_)
         self.base_loss = base_loss
         self.focal_alpha, self.focal_gamma = float(focal_alpha), float(focal_gamma)
@@ -240,10 +234,6 @@ class EqualizationLoss(DenseClassificationLoss):
         return {"lambda_": self.lambda_, "rare_classes": int(self.rare.sum()),
                 "base_loss": self.base_loss, "focal_alpha": self.focal_alpha,
                 "focal_gamma": self.focal_gamma}
-
-    def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, lambda_={self.lambda_}, "
-                f"rare_classes={int(self.rare.sum())}, base_loss={self.base_loss!r}")
 
     def forward(
         self,
