@@ -90,3 +90,18 @@ def test_yaml_model_efl_loss_chooses_eql_and_eqlv2(tiny_dataset, name, cls):
     cfg.MODEL.EFL.EQL_BASE_LOSS = "focal"
     with pytest.raises(ConfigError, match="quality-score detector"):
         cls_loss_from_config(cfg, TINY_CLASSES, quality=True)
+
+
+def test_inference_model_of_an_eql_config_needs_no_training_data(monkeypatch):
+    """EQL's image frequencies are for training: building the model to predict or export
+    does not read the training set (here: a dataset that is not registered)."""
+    from detectron2.config import LazyConfig
+
+    from efl.export import loading
+    from helpers import ROOT
+
+    monkeypatch.setattr(loading, "load_weights", lambda model, path: None)
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/retinanet_eql.py"))
+    cfg.model.cls_loss.image_frequency.dataset_name = "not_a_registered_dataset"
+    model = loading.build_inference_model(cfg)
+    assert isinstance(model.cls_loss, EqualizationLoss) and not model.training
