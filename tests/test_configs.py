@@ -23,10 +23,20 @@ TWINS = [
     ("Synthetic/quality_qfl.py", "Synthetic/quality_eqfl.py"),
     ("LVISv1/qfl_improved_R_50_FPN_24ep.py", "LVISv1/eqfl_improved_R_50_FPN_24ep.py"),
     ("Synthetic/retinanet_focal_families.py", "Synthetic/retinanet_efl_families.py"),
+    # the long-tail baselines (docs/baselines.md)
+    ("LVISv1/retinanet_R_50_FPN_2x_focal.py", "LVISv1/retinanet_R_50_FPN_2x_eql.py"),
+    ("LVISv1/retinanet_R_50_FPN_2x_focal.py", "LVISv1/retinanet_R_50_FPN_2x_eqlv2.py"),
+    ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/eql_improved_R_50_FPN_24ep.py"),
+    ("LVISv1/focal_improved_R_50_FPN_24ep.py", "LVISv1/eqlv2_improved_R_50_FPN_24ep.py"),
+    ("Synthetic/retinanet_focal.py", "Synthetic/retinanet_eql.py"),
+    ("Synthetic/retinanet_focal.py", "Synthetic/retinanet_eqlv2.py"),
+    ("Synthetic/improved_focal.py", "Synthetic/improved_eql.py"),
+    ("Synthetic/improved_focal.py", "Synthetic/improved_eqlv2.py"),
 ]
 # The baseline in the cls_loss slot of each EFL model (a stock RetinaNet / FCOS has none).
 BASELINE_LOSS = {"EqualizedFocalLoss": "SigmoidFocalLoss",
-                 "EqualizedQualityFocalLoss": "QualityFocalLoss"}
+                 "EqualizedQualityFocalLoss": "QualityFocalLoss",
+                 "EqualizationLoss": "SigmoidFocalLoss", "EqualizationLossV2": "SigmoidFocalLoss"}
 
 
 def load(path):

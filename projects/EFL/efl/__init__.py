@@ -10,12 +10,14 @@ import importlib.util
 from .focal_losses import QualityFocalLoss, SigmoidFocalLoss
 from .losses import DenseClassificationLoss, EqualizedFocalLoss, statistics_losses
 from .quality_loss import EqualizedQualityFocalLoss
+from .equalization_losses import EqualizationLoss, EqualizationLossV2
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DenseClassificationLoss", "EqualizedFocalLoss", "EqualizedQualityFocalLoss",
-    "SigmoidFocalLoss", "QualityFocalLoss", "statistics_losses",
+    "SigmoidFocalLoss", "QualityFocalLoss", "EqualizationLoss", "EqualizationLossV2",
+    "statistics_losses",
 ]
 
 

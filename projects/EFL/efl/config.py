@@ -12,7 +12,7 @@ __all__ = ["add_atss_config", "add_efl_config", "cls_loss_from_config", "cls_los
 
 # MODEL.EFL.LOSS values; a quality-score model (QualityATSSRetinaNet) reads "EFL" as EQFL
 # and "focal" as QFL, the same loss with the IoU of the decoded box as its target.
-CLS_LOSSES = ("EFL", "focal", "EQFL", "QFL")
+CLS_LOSSES = ("EFL", "focal", "EQFL", "QFL", "EQL", "EQLv2")
 _QUALITY_TWIN = {"EFL": "EQFL", "focal": "QFL"}
 
 
@@ -25,6 +25,14 @@ def add_efl_config(cfg) -> None:
     cfg.MODEL.EFL.GAMMA_B = 2.0
     cfg.MODEL.EFL.SCALE_FACTOR = 8.0
     cfg.MODEL.EFL.ALPHA = 0.25
+    # EQL / EQLv2 (docs/baselines.md): the base loss ("focal": the model's focal alpha and
+    # gamma; or "bce"), EQL's lambda (image frequency of DATASETS.TRAIN[0]; theirs for LVIS
+    # v1) and EQLv2's f(g) = 1 / (1 + exp(-gamma (g - mu))) and positive up-weighting alpha.
+    cfg.MODEL.EFL.EQL_BASE_LOSS = "focal"
+    cfg.MODEL.EFL.EQL_LAMBDA = 0.0011
+    cfg.MODEL.EFL.EQLV2_GAMMA = 12.0
+    cfg.MODEL.EFL.EQLV2_MU = 0.8
+    cfg.MODEL.EFL.EQLV2_ALPHA = 4.0
     # Put mean g / gamma of the LVIS r/c/f groups of DATASETS.TRAIN[0] into EventStorage.
     cfg.MODEL.EFL.USE_FREQUENCY_GROUPS = True
 
@@ -78,6 +86,10 @@ def cls_loss_name(cfg, quality: bool = False) -> str:
         name = legacy
     if name not in CLS_LOSSES:
         raise ConfigError(f"MODEL.EFL.LOSS must be one of {CLS_LOSSES}; got {name!r}")
+    if quality and name in ("EQL", "EQLv2"):
+        raise ConfigError(
+            f"MODEL.EFL.LOSS={name!r}: the quality-score detector trains against IoU targets, "
+            "which EQL / EQLv2 have no form for; use 'EFL' (EQFL) or 'focal' (QFL) with it")
     return _QUALITY_TWIN.get(name, name) if quality else name
 
 
@@ -97,8 +109,32 @@ def cls_loss_from_config(cfg, num_classes: int, focal_alpha: float = 0.25,
     if cfg.MODEL.EFL.USE_FREQUENCY_GROUPS and len(cfg.DATASETS.TRAIN):
         groups = frequency_groups(cfg.DATASETS.TRAIN[0], required=False)
     efl = cfg.MODEL.EFL
+    if name in ("EQL", "EQLv2"):
+        return _equalization_loss(cfg, name, num_classes, focal_alpha, focal_gamma, groups)
     if name == "EQFL":
         return EqualizedQualityFocalLoss(num_classes, gamma_b=efl.GAMMA_B,
                                          scale_factor=efl.SCALE_FACTOR, class_groups=groups)
     return EqualizedFocalLoss(num_classes, gamma_b=efl.GAMMA_B, scale_factor=efl.SCALE_FACTOR,
                               alpha=efl.ALPHA, class_groups=groups)
+
+
+def _equalization_loss(cfg, name, num_classes, focal_alpha, focal_gamma, groups):
+    """EQL / EQLv2 from ``MODEL.EFL.EQL*``; a value out of range is a ConfigError."""
+    from .data.image_frequency import class_image_frequency
+    from .equalization_losses import EqualizationLoss, EqualizationLossV2
+
+    efl = cfg.MODEL.EFL
+    base = dict(base_loss=efl.EQL_BASE_LOSS, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+    try:
+        if name == "EQLv2":
+            return EqualizationLossV2(num_classes, gamma=efl.EQLV2_GAMMA, mu=efl.EQLV2_MU,
+                                      alpha=efl.EQLV2_ALPHA, class_groups=groups, **base)
+        if not len(cfg.DATASETS.TRAIN):
+            raise ConfigError("MODEL.EFL.LOSS='EQL' reads the image frequencies of "
+                              "DATASETS.TRAIN[0]; DATASETS.TRAIN is empty")
+        frequency = class_image_frequency(cfg.DATASETS.TRAIN[0])
+        return EqualizationLoss(num_classes, frequency, lambda_=efl.EQL_LAMBDA, **base)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"MODEL.EFL (LOSS={name!r}): {e}. Fix the MODEL.EFL.EQL* key.") from None

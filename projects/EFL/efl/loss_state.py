@@ -144,6 +144,9 @@ class GradientStatisticsLoss(DenseClassificationLoss):
             self.group_names = tuple(g for g in FREQUENCY_GROUPS if g in class_groups)
         self._class_groups = class_groups  # (K,) names for the summaries' group means, or None
 
+    # g from the accumulated gradients (EFL: clamped to [0, 1]; EQLv2 overrides it)
+    ratio = staticmethod(efl_pos_neg)
+
     @property
     def gamma(self) -> torch.Tensor:
         """(K,) focusing factor of each class from the current state."""
@@ -203,18 +206,22 @@ class GradientStatisticsLoss(DenseClassificationLoss):
                 self._add_statistics(positives, negatives)
 
     @torch.no_grad()
-    def accumulate_statistics(self, positives: torch.Tensor, negatives: torch.Tensor) -> None:
+    def accumulate_statistics(
+        self, positives: torch.Tensor, negatives: torch.Tensor, scaled: bool = True
+    ) -> None:
         """Add one backward's per-class gradient magnitudes (each (K,)) to the state.
 
         Sums them over all workers first, so every worker holds the same state. A step
         whose statistics are not finite (e.g. an overflowing AMP step) is not added. Under
-        a gradient scaler (:meth:`use_grad_scaler`) they are unscaled and held pending.
+        a gradient scaler (:meth:`use_grad_scaler`) they are held pending, and unscaled
+        unless ``scaled`` is False (statistics computed in forward, e.g. EQLv2's).
         """
         if self._grad_scaler is None:
             self._add_statistics(positives, negatives)
             return
         scale = float(self._grad_scaler.get_scale())
-        self._pending.append((positives / scale, negatives / scale, scale))
+        divisor = scale if scaled else 1.0
+        self._pending.append((positives / divisor, negatives / divisor, scale))
 
     def _add_statistics(self, positives: torch.Tensor, negatives: torch.Tensor) -> None:
         stats = torch.stack([positives, negatives]).to(self.pos_grad.dtype)
@@ -231,7 +238,7 @@ class GradientStatisticsLoss(DenseClassificationLoss):
             return
         self.pos_grad += stats[0]
         self.neg_grad += stats[1]
-        self.pos_neg.copy_(efl_pos_neg(self.pos_grad, self.neg_grad))
+        self.pos_neg.copy_(self.ratio(self.pos_grad, self.neg_grad))
 
     def _start_forward(self) -> None:
         """Commit pending statistics of the previous step (see use_grad_scaler)."""

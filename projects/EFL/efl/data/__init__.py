@@ -11,6 +11,7 @@ from .lvis import (
     prepare_datasets,
     register_lvis_format,
 )
+from .image_frequency import class_image_frequency
 from .resumable import ResumableTrainLoader
 from .synthetic import SyntheticLongTailConfig, generate_synthetic_lvis
 
@@ -18,6 +19,7 @@ __all__ = [
     "DatasetFilesMissing",
     "build_train_loader",
     "frequency_groups",
+    "class_image_frequency",
     "load_lvis_format",
     "prepare_datasets",
     "ResumableTrainLoader",

@@ -7,6 +7,7 @@ import math
 from detectron2.engine import HookBase
 
 from ..activity import WARMUP_FRACTION, focal_like_note, watched_classes_g
+from ..equalization_losses import EqualizationLossV2
 from ..losses import statistics_losses
 from ..records import RARE, efl_summary_key
 
@@ -35,7 +36,8 @@ class EFLActivityCheck(HookBase):
             return
         model = self.trainer.model
         model = getattr(model, "module", model)  # DistributedDataParallel
-        losses = [m for _, m in statistics_losses(model)]
+        # EQLv2's g (unclamped, weights f(g)) says nothing about focal-like behaviour
+        losses = [m for _, m in statistics_losses(model) if not isinstance(m, EqualizationLossV2)]
         if not losses:
             return
         efl = losses[0]

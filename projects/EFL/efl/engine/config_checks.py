@@ -131,9 +131,13 @@ def _lazy_nodes(node, path: str = "") -> Iterator[Tuple[str, DictConfig]]:
             yield from _lazy_nodes(node._get_node(i), f"{path}.{i}")
 
 
+# Dataset-derived arguments without a default, stood in for one class (EQL's frequencies).
+_STAND_INS = {"image_frequency": [0.0]}
+
+
 def check_efl_hyperparameters(cfg) -> None:
     """Instantiate-time ValueErrors of the classification losses (every
-    :class:`efl.losses.DenseClassificationLoss` node: EFL, EQFL, focal, QFL), raised now,
+    :class:`efl.losses.DenseClassificationLoss` node: EFL, EQFL, focal, QFL, EQL, EQLv2), raised now,
     with the key."""
     for path, node in _lazy_nodes(cfg):
         target = node._target_
@@ -145,11 +149,13 @@ def check_efl_hyperparameters(cfg) -> None:
         names = [n for n, p in parameters.items() if n not in ("num_classes", "class_groups")
                  and isinstance(p.default, (int, float, str))]
         given = {n: node[n] for n in names if n in node}
+        stand_ins = {n: v for n, v in _STAND_INS.items() if n in parameters}
         try:
-            loss_cls(1, **given)
+            loss_cls(1, **stand_ins, **given)
         except (ValueError, TypeError) as e:
             message = str(e)
-            bad = next((n for n in given if f"{n}=" in message or message.startswith(n)), None)
+            bad = next((n for n in given if message.startswith(f"{n} ")), None)
+            bad = bad or next((n for n in given if f"{n}=" in message or message.startswith(n)), None)
             bad = bad or next((n for n in given if not isinstance(given[n], (int, float, str))), None)
             if bad is None:
                 raise ConfigError(f"{path}: {message}.") from None

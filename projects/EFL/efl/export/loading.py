@@ -92,6 +92,8 @@ def build_inference_model(cfg) -> nn.Module:
     cfg = copy.deepcopy(cfg)
     if "class_groups" in (cfg.model.get("cls_loss") or {}):
         cfg.model.cls_loss.class_groups = None  # training statistics only; needs no dataset
+    if "image_frequency" in (cfg.model.get("cls_loss") or {}):  # EQL: training only, too
+        cfg.model.cls_loss.image_frequency = [0.0] * int(cfg.model.num_classes)
     model = Trainer.build_model(cfg)
     load_weights(model, cfg.train.init_checkpoint)
     return model.eval()
