@@ -136,7 +136,6 @@ class EFLCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):  # initialising (resume_from checks the fit)
         incompatible = super()._load_model(self._with_current_keys(checkpoint))
-        incompatible = super()._load_model(checkpoint)
         self._report_fresh(incompatible)
         return incompatible
 
