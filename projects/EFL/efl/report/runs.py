@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..evaluation.lvis_eval import FIXED_KEYS
-from ..losses import efl_gamma, efl_pos_neg
+from ..losses import efl_factors, efl_pos_neg
 from ..records import (COMMON, RARE, BadRunFolder, MissingRunFile, RunRecord, need_file,
                        read_json)
 
@@ -147,7 +147,9 @@ def _read_efl_state(folder: str, info: RunRecord) -> Dict[str, np.ndarray]:
             f"num_classes={num_classes}"
         )
     params = info.statistics_loss
-    gamma = efl_gamma(pos_neg, params["gamma_b"], params["scale_factor"])
+    # the focusing factor the loss applied (gamma_b for all with its focusing switched off)
+    gamma = efl_factors(pos_neg, params["gamma_b"], params["scale_factor"],
+                        params.get("focusing", True), params.get("weighting", True))[0]
     out = {"pos_neg": pos_neg, "gamma": gamma}
     if pos is not None and neg is not None:
         out.update(pos_grad=pos, neg_grad=neg)

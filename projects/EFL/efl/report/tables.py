@@ -86,8 +86,10 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
                                                             run.efl_state["pos_grad"])
     else:
         return None
-    return focal_like_note(g, classes, run.info.statistics_loss["gamma_b"], run.info.statistics_loss["scale_factor"],
-                           f"at the end of training (iteration {run.iteration})")
+    params = run.info.statistics_loss
+    return focal_like_note(g, classes, params["gamma_b"], params["scale_factor"],
+                           f"at the end of training (iteration {run.iteration})",
+                           params.get("focusing", True), params.get("weighting", True))
 
 
 def fmt(x: float, signed: bool = False) -> str:
