@@ -139,7 +139,7 @@ def test_init_from_stock_retinanet_checkpoint_says_efl_starts_fresh(tiny_dataset
     model = Trainer.build_model(tiny_lazy_config("efl", tiny_dataset, str(tmp_path)))
     with caplog.at_level(logging.INFO, logger="efl.checkpoint"):
         EFLCheckpointer(model, str(tmp_path / "out")).resume_or_load(path, resume=False)
-    assert f"EFL state not in checkpoint {path}: efl starts from g = 1 (focal loss)" in caplog.text
+    assert f"EFL state not in checkpoint {path}: cls_loss starts from g = 1 (focal loss)" in caplog.text
     assert torch.equal(model.cls_loss.pos_neg, torch.ones(TINY_CLASSES))
     assert torch.equal(model.head.cls_score.weight, focal.head.cls_score.weight)
 
@@ -157,7 +157,7 @@ def test_init_from_checkpoint_with_other_class_count(efl_checkpoint, tiny_datase
         EFLCheckpointer(model, str(tmp_path / "out")).resume_or_load(path, resume=False)
     text = caplog.text
     assert f"EFL state in checkpoint {path} is for {TINY_CLASSES} classes, the model has " \
-           f"{TINY_CLASSES - 2}: efl starts from g = 1 (focal loss)" in text
+           f"{TINY_CLASSES - 2}: cls_loss starts from g = 1 (focal loss)" in text
     assert "Initialised fresh, shape differs" in text and "head.cls_score.weight" in text
 
 

@@ -77,7 +77,7 @@ def test_off_has_no_state_on_has_the_efl_state(name):
     assert list(on.state_dict()) == ["pos_grad", "neg_grad", "pos_neg"]
     assert statistics_losses(on) == [("", on)] and on.statistics_only and not off.update_statistics
     assert on.describe()["record_statistics"] is True and off.describe()["record_statistics"] is False
-    assert "record_statistics=True" in repr(on) and "record_statistics" not in repr(off)
+    assert "record_statistics=True" in repr(on) and "record_statistics=False" in repr(off)
     assert not EqualizedFocalLoss(K).statistics_only
     assert torch.equal(on.weight, torch.ones(K))
     assert torch.equal(on.factors(torch.float64)[0], torch.full((K,), 2.0, dtype=torch.float64))

@@ -8,7 +8,7 @@ from .focal_losses import QualityFocalLoss, SigmoidFocalLoss
 from .losses import DenseClassificationLoss, EqualizedFocalLoss
 from .quality_loss import EqualizedQualityFocalLoss
 
-__all__ = ["add_atss_config", "add_efl_config", "cls_loss_from_config", "CLS_LOSSES"]
+__all__ = ["add_atss_config", "add_efl_config", "cls_loss_from_config", "cls_loss_name", "CLS_LOSSES"]
 
 # MODEL.EFL.LOSS values; a quality-score model (QualityATSSRetinaNet) reads "EFL" as EQFL
 # and "focal" as QFL, the same loss with the IoU of the decoded box as its target.

@@ -28,9 +28,19 @@ class DenseClassificationLoss(nn.Module):
     needs_quality = False
     num_classes: int
 
+    def _set_num_classes(self, num_classes) -> None:
+        """``self.num_classes = num_classes`` after checking it is a positive int."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        self.num_classes = num_classes
+
     def hyperparameters(self) -> dict:
         """The loss's hyperparameters by name (what the run record keeps)."""
         return {}
+
+    def extra_repr(self) -> str:
+        values = {"num_classes": self.num_classes, **self.hyperparameters()}
+        return ", ".join(f"{k}={v}" for k, v in values.items())
 
     def describe(self) -> dict:
         """``{"name": <class name>, **hyperparameters}``: the run record's ``cls_loss``."""

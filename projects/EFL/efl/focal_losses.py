@@ -45,15 +45,6 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss
 
 
-def _check_num_classes(num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
-
-
-def _statistics_repr(loss) -> str:
-    return ", record_statistics=True" if loss.record_statistics else ""
-
-
 class SigmoidFocalLoss(GradientStatisticsLoss):
     """Focal loss, sum over all entries / normaliser; with ``record_statistics`` it records
     the per-class gradient statistics without using them (see :mod:`efl.focal_losses`).
@@ -71,7 +62,6 @@ class SigmoidFocalLoss(GradientStatisticsLoss):
 
     def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0,
                  class_groups: Optional[Sequence[str]] = None, record_statistics: bool = False):
-        _check_num_classes(num_classes)
         if not alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1] (or negative: none); got alpha={alpha!r}")
         if not gamma >= 0:
@@ -95,10 +85,6 @@ class SigmoidFocalLoss(GradientStatisticsLoss):
 
     def hyperparameters(self) -> dict:
         return {"alpha": self.alpha, "gamma": self.gamma, "record_statistics": self.record_statistics}
-
-    def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, alpha={self.alpha}, gamma={self.gamma}"
-                + _statistics_repr(self))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,
@@ -131,7 +117,6 @@ class QualityFocalLoss(GradientStatisticsLoss):
 
     def __init__(self, num_classes: int, beta: float = 2.0,
                  class_groups: Optional[Sequence[str]] = None, record_statistics: bool = False):
-        _check_num_classes(num_classes)
         if not beta > 0:
             raise ValueError(f"beta must be > 0; got beta={beta!r}")
         # gamma_b = beta, s = 0: the base's factors are QFL's (gamma = beta, weight = 1).
@@ -141,9 +126,6 @@ class QualityFocalLoss(GradientStatisticsLoss):
 
     def hyperparameters(self) -> dict:
         return {"beta": self.beta, "record_statistics": self.record_statistics}
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, beta={self.beta}" + _statistics_repr(self)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 normalizer: Union[float, torch.Tensor] = 1.0,

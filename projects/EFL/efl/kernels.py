@@ -11,7 +11,7 @@ Training step (the logits need a gradient), ``fused_equalized_focal_loss``:
 - backward: the upstream gradient is a scalar g_out (loss weight, a gradient scaler's
   scale, 1 / normalizer), so dL/dz = g_out * dl/dz, scaled in place and handed to autograd
   as the logits' gradient, and the statistics of |dL/dz| are |g_out| times the kept sums,
-  handed to the loss module (``accumulate_statistics``; it drops non-finite ones). A
+  handed to the loss module by ``accumulate_statistics`` as its tap's are (non-finite: dropped). A
   second backward through a retained graph runs the forward kernel again.
 Without a gradient (evaluation), a second kernel computes the loss sum and the target
 check without writing a gradient.

@@ -153,13 +153,11 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         if not (record_statistics or self.statistics_only):
             raise ValueError(f"{type(self).__name__} needs its statistics: record_statistics "
                              "must be True")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+        self._set_num_classes(num_classes)
         if not gamma_b > 0:
             raise ValueError(f"gamma_b must be > 0; got gamma_b={gamma_b!r}")
         if not scale_factor >= 0:
             raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
-        self.num_classes = num_classes
         self.gamma_b = float(gamma_b)
         self.scale_factor = float(scale_factor)
         self.update_statistics = self.record_statistics
@@ -218,16 +216,6 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         gamma = gamma_j if self.focusing else torch.full_like(gamma_j, self.gamma_b)
         weight = gamma_j / self.gamma_b if self.weighting else torch.ones_like(gamma_j)
         return gamma, weight
-
-    def _components_repr(self) -> str:
-        off = [n for n in ("focusing", "weighting") if not getattr(self, n)]
-        return "".join(f", {n}=False" for n in off)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, "
-            f"scale_factor={self.scale_factor}{self._components_repr()}"
-        )
 
     def hyperparameters(self) -> dict:
         return {"gamma_b": self.gamma_b, "scale_factor": self.scale_factor,

@@ -98,9 +98,6 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
         self.alpha = float(alpha)
         self.implementation = implementation
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}"
-
     def hyperparameters(self) -> dict:
         return {**super().hyperparameters(), "alpha": self.alpha}
 
