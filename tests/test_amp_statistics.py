@@ -1,6 +1,7 @@
-"""The EFL / EQFL state under a float16 GradScaler equals the unscaled statistics whatever
-the scale does (growth, backoff) and without the steps the scaler skips: through the loss
-API (use_grad_scaler) and through the Trainer's AMP path (Detectron2's AMPTrainer)."""
+"""The EFL / EQFL state (and that of focal loss / QFL with record_statistics) under a
+float16 GradScaler equals the unscaled statistics whatever the scale does (growth,
+backoff) and without the steps the scaler skips: through the loss API (use_grad_scaler)
+and through the Trainer's AMP path (Detectron2's AMPTrainer)."""
 
 import copy
 import os
@@ -12,7 +13,7 @@ from detectron2.engine import AMPTrainer
 from detectron2.utils.events import EventStorage
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss
+from efl import EqualizedFocalLoss, EqualizedQualityFocalLoss, QualityFocalLoss, SigmoidFocalLoss
 from helpers import ROOT, shrink_to_tiny
 
 K, STEPS, SKIPPED = 5, 8, 4
@@ -34,7 +35,7 @@ class Toy(torch.nn.Module):
         logits = self.linear(x)
         targets = torch.nn.functional.one_hot(labels, K + 1)[:, :K].float()
         extra = (self.other ** 2).sum() * 1e-3
-        # one call for both losses: EFL ignores quality (the common signature)
+        # one call for every loss: the others ignore quality (the common signature)
         return self.loss(logits, targets, normalizer=4.0, quality=quality) + extra
 
 
@@ -81,6 +82,8 @@ LOSSES = {
     "efl-fused": lambda: EqualizedFocalLoss(K),
     "efl-reference": lambda: EqualizedFocalLoss(K, implementation="reference"),
     "eqfl": lambda: EqualizedQualityFocalLoss(K),
+    "focal-statistics": lambda: SigmoidFocalLoss(K, record_statistics=True),
+    "qfl-statistics": lambda: QualityFocalLoss(K, record_statistics=True),
 }
 
 

@@ -51,7 +51,8 @@ def test_expected_configs_exist():
         "efl_improved_R_50_FPN_24ep.py", "efl_improved_R_101_FPN_24ep.py",
         "focal_improved_R_50_FPN_24ep.py",
     } <= names
-    assert {"retinanet_focal.py", "retinanet_efl.py", "improved_focal.py", "improved_efl.py"} <= {
+    assert {"retinanet_focal.py", "retinanet_efl.py", "improved_focal.py", "improved_efl.py",
+            "retinanet_focal_stats.py"} <= {
         os.path.basename(p) for p in SYNTHETIC
     }
 
@@ -106,6 +107,25 @@ def test_focal_and_efl_twins_differ_only_in_the_loss(focal, efl):
         assert model_a.pop("cls_loss")._target_.__name__ == BASELINE_LOSS[loss_b]
         assert target_a == target_b
     assert OmegaConf.to_yaml(OmegaConf.create(model_a)) == OmegaConf.to_yaml(OmegaConf.create(model_b))
+
+
+def test_focal_statistics_twin_differs_from_efl_in_the_loss_alone():
+    """retinanet_focal_stats.py: retinanet_efl.py with SigmoidFocalLoss(record_statistics=
+    True) in the cls_loss slot (same classes, same class_groups), nothing else."""
+    efl, focal = load("Synthetic/retinanet_efl.py"), load("Synthetic/retinanet_focal_stats.py")
+    for key in ("dataloader", "optimizer", "lr_multiplier"):
+        assert OmegaConf.to_yaml(efl[key]) == OmegaConf.to_yaml(focal[key]), key
+    train_a, train_b = dict(efl.train), dict(focal.train)
+    assert train_a.pop("output_dir") != train_b.pop("output_dir") and train_a == train_b
+    # focal loss's alpha and gamma are EFL's alpha and gamma_b (the model's focal settings)
+    assert (focal.model.cls_loss.alpha, focal.model.cls_loss.gamma) == (
+        efl.model.cls_loss.alpha, efl.model.cls_loss.gamma_b) == (0.25, 2.0)
+    loss_a, loss_b = efl.model.pop("cls_loss"), focal.model.pop("cls_loss")
+    assert OmegaConf.to_yaml(efl.model) == OmegaConf.to_yaml(focal.model)
+    assert focal.model._target_.__name__ == "EFLRetinaNet"
+    assert loss_b._target_.__name__ == "SigmoidFocalLoss" and loss_b.record_statistics is True
+    assert OmegaConf.to_yaml(loss_a.class_groups) == OmegaConf.to_yaml(loss_b.class_groups)
+    assert loss_a.num_classes == loss_b.num_classes
 
 
 # The authors' recipe ("The authors' detector and recipe"), row by row.

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .losses import efl_gamma, efl_weight
+from .losses import efl_factors
 
 __all__ = ["FOCAL_LIKE_G", "WARMUP_FRACTION", "LEAST_FREQUENT_FRACTION", "RARE_LABEL",
            "LEAST_FREQUENT_LABEL", "least_frequent_g", "watched_classes_g", "focal_like_note"]
@@ -67,13 +67,15 @@ def watched_classes_g(rare_g: Optional[float], pos_neg=None,
 
 
 def focal_like_note(g: Optional[float], classes: str, gamma_b: float, scale_factor: float,
-                    when: str) -> Optional[str]:
+                    when: str, focusing: bool = True, weighting: bool = True) -> Optional[str]:
     """The plain-words note when ``g`` (mean g of the ``classes`` classes, e.g.
-    :data:`RARE_LABEL`) is at least :data:`FOCAL_LIKE_G`; None otherwise. ``when``: e.g.
-    "after 400 of 2000 iterations" or "at the end of training"."""
-    if g is None or not g >= FOCAL_LIKE_G:
+    :data:`RARE_LABEL`) is at least :data:`FOCAL_LIKE_G`; None otherwise, and None for EFL
+    with both components off (``focusing``, ``weighting``: it is focal loss by choice).
+    ``when``: e.g. "after 400 of 2000 iterations" or "at the end of training"."""
+    if g is None or not g >= FOCAL_LIKE_G or not (focusing or weighting):
         return None
-    gamma, weight = float(efl_gamma(g, gamma_b, scale_factor)), float(efl_weight(g, gamma_b, scale_factor))
+    gamma, weight = (float(x) for x in efl_factors(np.float64(g), gamma_b, scale_factor,
+                                                   focusing, weighting))
     return (
         f"EFL is acting almost as focal loss here: {when}, the {classes} classes' mean g is "
         f"{g:.3f} (>= {FOCAL_LIKE_G}), so their focusing factor is {gamma:.2f} instead of "

@@ -33,6 +33,12 @@ def add_efl_config(cfg) -> None:
     cfg.MODEL.EFL.EQLV2_GAMMA = 12.0
     cfg.MODEL.EFL.EQLV2_MU = 0.8
     cfg.MODEL.EFL.EQLV2_ALPHA = 4.0
+    # EFL's / EQFL's two components (both True: EFL; see efl.losses): the per-class
+    # focusing factor gamma_j (False: gamma_b) and the weight gamma_j / gamma_b (False: 1).
+    cfg.MODEL.EFL.FOCUSING = True
+    cfg.MODEL.EFL.WEIGHTING = True
+    # "focal" / "QFL": record EFL's per-class gradient statistics without using them.
+    cfg.MODEL.EFL.RECORD_STATISTICS = False
     # Put mean g / gamma of the LVIS r/c/f groups of DATASETS.TRAIN[0] into EventStorage.
     cfg.MODEL.EFL.USE_FREQUENCY_GROUPS = True
 
@@ -101,21 +107,37 @@ def cls_loss_from_config(cfg, num_classes: int, focal_alpha: float = 0.25,
     from .data.lvis import frequency_groups
 
     name = cls_loss_name(cfg, quality)
-    if name == "focal":
-        return SigmoidFocalLoss(num_classes, alpha=focal_alpha, gamma=focal_gamma)
-    if name == "QFL":
-        return QualityFocalLoss(num_classes, beta=focal_gamma)
-    groups = None
-    if cfg.MODEL.EFL.USE_FREQUENCY_GROUPS and len(cfg.DATASETS.TRAIN):
-        groups = frequency_groups(cfg.DATASETS.TRAIN[0], required=False)
     efl = cfg.MODEL.EFL
+    record = name in ("focal", "QFL") and efl.get("RECORD_STATISTICS", False)
+    groups = None
+    if (name not in ("focal", "QFL") or record) and efl.USE_FREQUENCY_GROUPS \
+            and len(cfg.DATASETS.TRAIN):
+        groups = frequency_groups(cfg.DATASETS.TRAIN[0], required=False)
     if name in ("EQL", "EQLv2"):
         return _equalization_loss(cfg, name, num_classes, focal_alpha, focal_gamma, groups)
-    if name == "EQFL":
-        return EqualizedQualityFocalLoss(num_classes, gamma_b=efl.GAMMA_B,
-                                         scale_factor=efl.SCALE_FACTOR, class_groups=groups)
-    return EqualizedFocalLoss(num_classes, gamma_b=efl.GAMMA_B, scale_factor=efl.SCALE_FACTOR,
-                              alpha=efl.ALPHA, class_groups=groups)
+    keys = {"focusing": "FOCUSING", "weighting": "WEIGHTING", "record_statistics": "RECORD_STATISTICS"}
+    try:
+        if name == "focal":
+            return SigmoidFocalLoss(num_classes, alpha=focal_alpha, gamma=focal_gamma,
+                                    class_groups=groups, record_statistics=record)
+        if name == "QFL":
+            return QualityFocalLoss(num_classes, beta=focal_gamma, class_groups=groups,
+                                    record_statistics=record)
+        components = {"focusing": efl.get("FOCUSING", True), "weighting": efl.get("WEIGHTING", True)}
+        if name == "EQFL":
+            return EqualizedQualityFocalLoss(num_classes, gamma_b=efl.GAMMA_B,
+                                             scale_factor=efl.SCALE_FACTOR, class_groups=groups,
+                                             **components)
+        return EqualizedFocalLoss(num_classes, gamma_b=efl.GAMMA_B, scale_factor=efl.SCALE_FACTOR,
+                                  alpha=efl.ALPHA, class_groups=groups, **components)
+    except ValueError as e:
+        key = next((k for k in keys if str(e).startswith(f"{k} ")), None)
+        if key is None:
+            raise
+        raise ConfigError(
+            f"MODEL.EFL.{keys[key]}={efl.get(keys[key])!r} is not valid: {e}. Set it to True or "
+            f"False in the YAML file (default: {key != 'record_statistics'})."
+        ) from None
 
 
 def _equalization_loss(cfg, name, num_classes, focal_alpha, focal_gamma, groups):

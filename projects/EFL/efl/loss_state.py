@@ -1,11 +1,14 @@
 """The per-class gradient statistics of EFL and EQFL (:class:`GradientStatisticsLoss`):
 the state, its one gradient tap, all-reduce, GradScaler unscaling, the non-finite skip and
-the summaries; and :func:`statistics_losses`, the one way to find such losses in a model.
+the summaries; EFL's two components (:func:`efl_factors`); and :func:`statistics_losses`,
+the one way to find such losses in a model. Focal loss and QFL use the same base when
+they record statistics only (``record_statistics=True``: :mod:`efl.focal_losses`).
 Torch alone (Detectron2's EventStorage is used when it is importable and open)."""
 
 import logging
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -20,7 +23,7 @@ except ImportError:  # the loss itself does not need Detectron2
 
 __all__ = [
     "GradientStatisticsLoss", "statistics_losses", "attach_grad_scaler", "per_class_statistics",
-    "tap_logits", "efl_pos_neg", "efl_gamma", "efl_weight",
+    "tap_logits", "efl_pos_neg", "efl_gamma", "efl_weight", "efl_factors",
 ]
 
 logger = logging.getLogger("efl.losses")  # the loss's messages, wherever it is defined
@@ -42,6 +45,31 @@ def efl_gamma(pos_neg, gamma_b: float, scale_factor: float):
 def efl_weight(pos_neg, gamma_b: float, scale_factor: float):
     """(K,) weighting factor w_j = gamma_j / gamma_b."""
     return efl_gamma(pos_neg, gamma_b, scale_factor) / gamma_b
+
+
+def _full_like(x, value: float):
+    return torch.full_like(x, value) if isinstance(x, torch.Tensor) else np.full_like(x, value)
+
+
+def efl_factors(pos_neg, gamma_b: float, scale_factor: float, focusing: bool = True,
+                weighting: bool = True):
+    """(gamma, weight), each (K,): the focusing and weighting factors EFL applies with its
+    two components switched on or off (torch tensors or numpy arrays alike).
+
+    focusing: gamma = gamma_j = gamma_b + s (1 - g_j); off: gamma = gamma_b.
+    weighting: weight = gamma_j / gamma_b; off: weight = 1.
+    Both on is EFL; both off is focal loss with gamma_b (the state still recorded).
+    """
+    gamma_j = efl_gamma(pos_neg, gamma_b, scale_factor)
+    gamma = gamma_j if focusing else _full_like(gamma_j, gamma_b)
+    weight = gamma_j / gamma_b if weighting else _full_like(gamma_j, 1.0)
+    return gamma, weight
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {name}={value!r}")
+    return value
 
 
 def per_class_statistics(grad: torch.Tensor, targets: torch.Tensor):
@@ -80,7 +108,8 @@ def tap_logits(logits: torch.Tensor, targets: torch.Tensor, loss) -> torch.Tenso
 
 class GradientStatisticsLoss(DenseClassificationLoss):
     """The state shared by EFL and EQFL: per-class cumulative gradient magnitudes and the
-    focusing / weighting factors derived from them.
+    focusing / weighting factors derived from them (focal loss and QFL record the same
+    state with ``record_statistics=True``, without using it: ``statistics_only``).
 
     State (float32 buffers of shape (K,), saved in ``state_dict``): ``pos_grad`` and
     ``neg_grad``, the cumulative |dL/dz| of positive and negative entries (unscaled: see
@@ -94,6 +123,12 @@ class GradientStatisticsLoss(DenseClassificationLoss):
             with it, the mean g and gamma of each group are put into Detectron2's
             EventStorage (when one is open) as ``efl/pos_neg_<group>`` and
             ``efl/gamma_<group>``.
+        focusing, weighting: EFL's two components (:func:`efl_factors`): the per-class
+            focusing factor gamma_j (off: gamma_b) and the weight gamma_j / gamma_b (off:
+            1). Both on (default) is EFL; the state is recorded either way.
+        record_statistics: False: no state at all (no buffers, no tap; not found by
+            :func:`statistics_losses`); only for losses that do not need it
+            (``statistics_only``: focal loss, QFL).
 
     Set ``update_statistics = False`` to freeze the state (e.g. for gradcheck). How one
     backward's gradient becomes statistics is :func:`per_class_statistics` (the paper's)
@@ -107,8 +142,17 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         gamma_b: float = 2.0,
         scale_factor: float = 8.0,
         class_groups: Optional[Sequence[str]] = None,
+        focusing: bool = True,
+        weighting: bool = True,
+        record_statistics: bool = True,
     ):
         super().__init__()
+        self.focusing = _check_bool("focusing", focusing)
+        self.weighting = _check_bool("weighting", weighting)
+        self.record_statistics = _check_bool("record_statistics", record_statistics)
+        if not (record_statistics or self.statistics_only):
+            raise ValueError(f"{type(self).__name__} needs its statistics: record_statistics "
+                             "must be True")
         self._set_num_classes(num_classes)
         if not gamma_b > 0:
             raise ValueError(f"gamma_b must be > 0; got gamma_b={gamma_b!r}")
@@ -116,7 +160,7 @@ class GradientStatisticsLoss(DenseClassificationLoss):
             raise ValueError(f"scale_factor must be >= 0; got scale_factor={scale_factor!r}")
         self.gamma_b = float(gamma_b)
         self.scale_factor = float(scale_factor)
-        self.update_statistics = True
+        self.update_statistics = self.record_statistics
         self.num_nonfinite_steps = 0
         self.num_skipped_steps = 0  # steps a gradient scaler skipped (use_grad_scaler)
         self._grad_scaler = None
@@ -124,9 +168,10 @@ class GradientStatisticsLoss(DenseClassificationLoss):
         self._pending = []  # (positives, negatives, scale) awaiting the scaler's verdict
         self.statistics_reader = None  # None: per_class_statistics (read_statistics_with)
 
-        self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
-        self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
-        self.register_buffer("pos_neg", torch.ones(num_classes, dtype=torch.float32))
+        if self.record_statistics:  # without: no state at all (statistics_only losses)
+            self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
+            self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
+            self.register_buffer("pos_neg", torch.ones(num_classes, dtype=torch.float32))
 
         self.group_names = ()
         if class_groups is not None:
@@ -147,18 +192,33 @@ class GradientStatisticsLoss(DenseClassificationLoss):
     # g from the accumulated gradients (EFL: clamped to [0, 1]; EQLv2 overrides it)
     ratio = staticmethod(efl_pos_neg)
 
+    # True: the loss records the state but does not use it (focal loss, QFL): no gamma
+    # summaries, and the "EFL is acting as focal loss" note leaves it alone.
+    statistics_only = False
+
     @property
     def gamma(self) -> torch.Tensor:
-        """(K,) focusing factor of each class from the current state."""
-        return efl_gamma(self.pos_neg, self.gamma_b, self.scale_factor)
+        """(K,) focusing factor of each class from the current state (gamma_b for all with
+        ``focusing`` off)."""
+        return self.factors(self.pos_neg.dtype)[0]
 
     @property
     def weight(self) -> torch.Tensor:
-        """(K,) weighting factor of each class from the current state."""
-        return efl_weight(self.pos_neg, self.gamma_b, self.scale_factor)
+        """(K,) weighting factor of each class from the current state (1 with
+        ``weighting`` off)."""
+        return self.factors(self.pos_neg.dtype)[1]
+
+    def factors(self, dtype: torch.dtype):
+        """(gamma, weight), each (K,) in ``dtype``: what the loss applies now
+        (:func:`efl_factors` of the state; gamma_j is computed in float32, then cast)."""
+        gamma_j = efl_gamma(self.pos_neg, self.gamma_b, self.scale_factor).to(dtype)
+        gamma = gamma_j if self.focusing else torch.full_like(gamma_j, self.gamma_b)
+        weight = gamma_j / self.gamma_b if self.weighting else torch.ones_like(gamma_j)
+        return gamma, weight
 
     def hyperparameters(self) -> dict:
-        return {"gamma_b": self.gamma_b, "scale_factor": self.scale_factor}
+        return {"gamma_b": self.gamma_b, "scale_factor": self.scale_factor,
+                "focusing": self.focusing, "weighting": self.weighting}
 
     def read_statistics_with(self, reader) -> None:
         """``reader(grad, targets) -> (positives, negatives)``: how the gradient tap turns
@@ -254,27 +314,33 @@ class GradientStatisticsLoss(DenseClassificationLoss):
 
     def _put_summaries(self) -> None:
         """A few scalars per iteration (never one per class) when an EventStorage is open."""
-        if get_event_storage is None or not self.training:
+        if get_event_storage is None or not self.training or not self.record_statistics:
             return
         try:
             storage = get_event_storage()
         except AssertionError:  # no EventStorage open: not inside a Detectron2 trainer
             return
-        state = zip(EFL_STATS, torch.stack([self.pos_neg, self.gamma]).tolist())  # one device sync
-        means = {efl_summary_key(stat, grp): mean for stat, values in state
-                 for grp, mean in group_means(values, self._class_groups, all_classes=True).items()}
+        series = {"pos_neg": self.pos_neg}
+        if not self.statistics_only:  # a loss that uses the state: its focusing factor too
+            series["gamma"] = self.gamma
+        values = torch.stack(list(series.values())).tolist()  # one device sync
+        means = {efl_summary_key(stat, grp): mean for stat, v in zip(series, values)
+                 for grp, mean in group_means(v, self._class_groups, all_classes=True).items()}
         storage.put_scalars(**means, smoothing_hint=False)
 
 
 def statistics_losses(module: nn.Module) -> list:
-    """[(name, loss)] of every :class:`GradientStatisticsLoss` in ``module`` (itself
-    included, name ""), in ``named_modules`` order: the one way the checkpointer, hooks,
-    export loading, reports and GPU tools find a loss with state."""
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, GradientStatisticsLoss)]
+    """[(name, loss)] of every :class:`GradientStatisticsLoss` that records statistics in
+    ``module`` (itself included, name ""), in ``named_modules`` order: the one way the
+    checkpointer, hooks, export loading, reports and GPU tools find a loss with state. A
+    focal loss / QFL with ``record_statistics=True`` is one (``statistics_only``: its loss
+    does not use the state); with False it has no state and is not."""
+    return [(n, m) for n, m in module.named_modules()
+            if isinstance(m, GradientStatisticsLoss) and m.record_statistics]
 
 
 def attach_grad_scaler(model: nn.Module, scaler, commit_on_forward: bool = True) -> list:
-    """``use_grad_scaler(scaler, commit_on_forward)`` on every EFL / EQFL module of
+    """``use_grad_scaler(scaler, commit_on_forward)`` on every loss with state of
     ``model``; returns them (call their ``commit_statistics()`` after ``scaler.update()``
     when a step must be in the state before the next forward, e.g. before a checkpoint)."""
     losses = [m for _, m in statistics_losses(model)]

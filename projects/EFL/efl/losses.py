@@ -9,6 +9,11 @@ For logits z (M anchors x K classes) and one-hot targets y, with p = sigmoid(z):
 
 g_j = clamp(pos_j / (neg_j + 1e-10), 0, 1), where pos_j / neg_j accumulate, over all
 iterations and all workers, |dL_total/dz| of the entries of column j whose target is 1 / 0.
+
+The two components can be switched off one at a time (the paper's ablation of them):
+``focusing=False`` uses gamma_b for every class (weight still gamma_j / gamma_b),
+``weighting=False`` uses weight 1 (gamma still gamma_j); both off is focal loss with the
+statistics recorded. :func:`efl.loss_state.efl_factors` is the one definition.
 """
 
 from typing import Optional, Sequence, Union
@@ -19,13 +24,14 @@ import torch.nn.functional as F
 from .dense_loss import DenseClassificationLoss
 from .groups import FREQUENCY_GROUPS
 from .kernels import autocast_off, fused_equalized_focal_loss
-from .loss_state import (GradientStatisticsLoss, attach_grad_scaler, efl_gamma, efl_pos_neg,
-                         efl_weight, per_class_statistics, statistics_losses, tap_logits)
+from .loss_state import (GradientStatisticsLoss, attach_grad_scaler, efl_factors, efl_gamma,
+                         efl_pos_neg, efl_weight, per_class_statistics, statistics_losses,
+                         tap_logits)
 
 __all__ = [
     "DenseClassificationLoss", "GradientStatisticsLoss", "statistics_losses", "EqualizedFocalLoss",
     "attach_grad_scaler", "equalized_focal_loss", "per_class_statistics", "tap_logits",
-    "efl_pos_neg", "efl_gamma", "efl_weight", "FREQUENCY_GROUPS",
+    "efl_pos_neg", "efl_gamma", "efl_weight", "efl_factors", "FREQUENCY_GROUPS",
 ]
 
 
@@ -59,8 +65,9 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
     (:class:`GradientStatisticsLoss`; the state starts at g = 1, i.e. focal loss).
 
     Args:
-        num_classes, gamma_b, scale_factor, class_groups: see
-            :class:`GradientStatisticsLoss`.
+        num_classes, gamma_b, scale_factor, class_groups, focusing, weighting: see
+            :class:`GradientStatisticsLoss` (focusing / weighting: EFL's two components,
+            both on by default).
         alpha: positive/negative balance in [0, 1].
         implementation: "fused" (default: ``efl.kernels``, one compute pass over logits
             and targets in forward, which keeps the gradient for backward) or "reference"
@@ -76,8 +83,11 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
         alpha: float = 0.25,
         class_groups: Optional[Sequence[str]] = None,
         implementation: str = "fused",
+        focusing: bool = True,
+        weighting: bool = True,
     ):
-        super().__init__(num_classes, gamma_b, scale_factor, class_groups)
+        super().__init__(num_classes, gamma_b, scale_factor, class_groups,
+                         focusing=focusing, weighting=weighting)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1]; got alpha={alpha!r}")
         if implementation not in ("fused", "reference"):
@@ -114,7 +124,7 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
         self._check_inputs(logits, targets, normalizer, check_values=not fused)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         with autocast_off(logits.device.type):
-            gamma = self.gamma.to(dtype)
+            gamma, weight = self.factors(dtype)
             if fused:
                 # The kernel computes the paper's sums in its own pass and hands them over
                 # in backward (accumulate_statistics); another reader goes through the tap.
@@ -122,11 +132,11 @@ class EqualizedFocalLoss(GradientStatisticsLoss):
                 if not in_kernel:
                     logits = tap_logits(logits, targets, self)
                 loss = fused_equalized_focal_loss(
-                    logits, targets, gamma, gamma / self.gamma_b, self.alpha,
+                    logits, targets, gamma, weight, self.alpha,
                     self if in_kernel else None, check_targets=True,
                 )
             else:
                 y = targets.to(dtype)
                 z = tap_logits(logits.to(dtype), y, self)
-                loss = equalized_focal_loss(z, y, gamma, gamma / self.gamma_b, self.alpha).sum()
+                loss = equalized_focal_loss(z, y, gamma, weight, self.alpha).sum()
             return self._normalize_and_summarize(loss, normalizer)

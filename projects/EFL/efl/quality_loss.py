@@ -45,9 +45,10 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
     """EQFL with EFL's gradient-driven per-class state (see :mod:`efl.quality_loss`).
 
     Args:
-        num_classes, gamma_b, scale_factor, class_groups: as
+        num_classes, gamma_b, scale_factor, class_groups, focusing, weighting: as
             :class:`efl.losses.EqualizedFocalLoss` (the state, its statistics, checkpoint
-            keys, summaries and ``use_grad_scaler`` are the same).
+            keys, summaries, ``use_grad_scaler`` and the two components are the same:
+            ``focusing=False``: |t - p|^gamma_b; ``weighting=False``: weight 1).
 
     The readable path under autograd only (no fused kernel: see docs/eqfl.md).
     """
@@ -77,6 +78,6 @@ class EqualizedQualityFocalLoss(GradientStatisticsLoss):
         with autocast_off(logits.device.type):
             y = targets.to(dtype)
             z = tap_logits(logits.to(dtype), y, self)
-            gamma = self.gamma.to(dtype)
-            loss = equalized_quality_focal_loss(z, y * q[:, None], gamma, gamma / self.gamma_b)
+            gamma, weight = self.factors(dtype)
+            loss = equalized_quality_focal_loss(z, y * q[:, None], gamma, weight)
             return self._normalize_and_summarize(loss.sum(), normalizer)

@@ -112,8 +112,10 @@ class RunRecord:
 
     @property
     def statistics_loss(self) -> Optional[Dict[str, object]]:
-        """``cls_loss`` when it is a loss with per-class state (EFL / EQFL: it has
-        ``gamma_b`` and ``scale_factor``), else None."""
+        """``cls_loss`` when it is a loss with per-class state that shapes it (EFL / EQFL:
+        it has ``gamma_b`` and ``scale_factor``), else None. A focal loss / QFL with
+        ``record_statistics`` is not one: it records g (its checkpoint's ``cls_loss.*``,
+        its ``efl/pos_neg_*`` in metrics.json) but trains as plain focal loss / QFL."""
         loss = self.cls_loss or {}
         return loss if "gamma_b" in loss and "scale_factor" in loss else None
 

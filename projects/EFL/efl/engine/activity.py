@@ -21,7 +21,8 @@ class EFLActivityCheck(HookBase):
     classes' mean g (the loss's ``efl/pos_neg_r`` in the EventStorage; without frequency
     groups, the least frequent classes' from the loss's state) is still close to 1, log in
     plain words that EFL is acting almost as focal loss, and why. Models without
-    an EFL or EQFL loss are left alone. ``note``: the message, once logged."""
+    an EFL or EQFL loss are left alone, as are focal loss / QFL recording statistics
+    (``statistics_only``). ``note``: the message, once logged."""
 
     def __init__(self):
         self.note = None
@@ -36,8 +37,10 @@ class EFLActivityCheck(HookBase):
             return
         model = self.trainer.model
         model = getattr(model, "module", model)  # DistributedDataParallel
-        # EQLv2's g (unclamped, weights f(g)) says nothing about focal-like behaviour
-        losses = [m for _, m in statistics_losses(model) if not isinstance(m, EqualizationLossV2)]
+        # a focal loss / QFL that records statistics is focal loss by design, and EQLv2's g
+        # (unclamped, weights f(g)) says nothing about focal-like behaviour: no note for them
+        losses = [m for _, m in statistics_losses(model)
+                  if not m.statistics_only and not isinstance(m, EqualizationLossV2)]
         if not losses:
             return
         efl = losses[0]
@@ -46,6 +49,7 @@ class EFLActivityCheck(HookBase):
         classes, g = watched_classes_g(latest[key][0] if key in latest else None,
                                        efl.pos_neg.cpu(), efl.pos_grad.cpu())
         self.note = focal_like_note(g, classes, efl.gamma_b, efl.scale_factor,
-                                    f"after {done} of {self.trainer.max_iter} iterations")
+                                    f"after {done} of {self.trainer.max_iter} iterations",
+                                    efl.focusing, efl.weighting)
         if self.note:
             logger.info(self.note)

@@ -252,7 +252,7 @@ def plot_loss_curves(path: str, runs: Dict[str, List[Run]], labels: Sequence[str
         ax.set_xlabel("iteration")
         ax.set_ylabel("group mean of g")
         ax.set_ylim(-0.03, 1.05)
-        ax.set_title("EFL state during training: mean g per group", fontsize=10)
+        ax.set_title("gradient statistics during training: mean g per group", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(handles=handles, fontsize=7.5)
     fig.suptitle(f"Training curves (Detectron2's smoothed values); {labels[1]}'s loss_cls "

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..evaluation.lvis_eval import FIXED_KEYS
-from ..losses import efl_gamma, efl_pos_neg
+from ..losses import efl_factors, efl_pos_neg
 from ..records import (COMMON, RARE, BadRunFolder, MissingRunFile, RunRecord, need_file,
                        read_json)
 
@@ -170,8 +170,9 @@ def _read_efl_state(folder: str, info: RunRecord, required: bool = True
         )
     out = {"pos_neg": pos_neg}
     params = efl_params(info)
-    if params is not None:
-        out["gamma"] = efl_gamma(pos_neg, params["gamma_b"], params["scale_factor"])
+    if params is not None:  # the focusing factor the loss applied (gamma_b if switched off)
+        out["gamma"] = efl_factors(pos_neg, params["gamma_b"], params["scale_factor"],
+                                   params.get("focusing", True), params.get("weighting", True))[0]
     if pos is not None and neg is not None:
         out.update(pos_grad=pos, neg_grad=neg)
     return out

@@ -83,7 +83,8 @@ def _focal_like(run: Run, efl_groups: Optional[dict]) -> Optional[str]:
     rare_g = efl_groups[RARE]["g"] if efl_groups and RARE in efl_groups else None
     classes, g = watched_classes_g(rare_g, run.efl_state["pos_neg"], run.efl_state.get("pos_grad"))
     return focal_like_note(g, classes, params["gamma_b"], params["scale_factor"],
-                           f"at the end of training (iteration {run.iteration})")
+                           f"at the end of training (iteration {run.iteration})",
+                           params.get("focusing", True), params.get("weighting", True))
 
 
 def fmt(x: float, signed: bool = False) -> str:
