@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .dense_loss import DenseClassificationLoss
-from .groups import EFL_STATS, FREQUENCY_GROUPS, efl_summary_key, group_means
+from .groups import FREQUENCY_GROUPS, efl_summary_key, group_means
 
 try:  # summaries go to Detectron2's EventStorage when one is open
     from detectron2.utils.events import get_event_storage

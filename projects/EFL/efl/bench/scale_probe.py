@@ -30,6 +30,7 @@ from ..data.procedural import ProceduralStream, StreamDesign
 from ..errors import TrainingDiverged
 from ..groups import group_means
 from ..io import write_json_atomic
+from ..losses import statistics_losses
 from .detectors import load_model_config, set_loss
 from .measure import anchor_layout
 

@@ -4,9 +4,6 @@ folder, renamed into place when complete, with a manifest that keys the cache.""
 import json
 import os
 import shutil
-from dataclasses import asdict
-import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
