@@ -19,7 +19,10 @@ from torch import nn
 
 from helpers import ROOT
 
-ARCHIVE = os.path.join(ROOT, "..", "shared", "vendor", "United-Perception-52aaeb9.tar.gz")
+# ../shared/vendor beside the checkout; EFL_VENDOR_DIR names another folder (a git worktree
+# of the project lies deeper than the checkout the vendored folder sits beside).
+VENDOR = os.environ.get("EFL_VENDOR_DIR", os.path.join(ROOT, "..", "shared", "vendor"))
+ARCHIVE = os.path.join(VENDOR, "United-Perception-52aaeb9.tar.gz")
 FOLDER = "United-Perception-52aaeb9"
 STRIDES = [8, 16, 32, 64, 128]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # their config's `normalize`

@@ -369,8 +369,9 @@ class ATSSRetinaNet(RetinaNet):
         ``retina_multicls`` merger, ``up/tasks/det/models/postprocess/roi_predictor.py``
         187-266 and 370-410), which differs from :class:`RetinaNet`'s in order and count:
 
-        per level, every anchor's box is decoded and clipped (:func:`clip_like_authors`),
-        zero-size boxes dropped, then the top ``min(test_topk_candidates, number of
+        per level, every anchor's box is decoded, anchors with a non-finite box or score
+        dropped (a diverged model gives no finite box; theirs would clip inf to the image
+        corner), the boxes clipped (:func:`clip_like_authors`), zero-size boxes dropped, then the top ``min(test_topk_candidates, number of
         anchors left)`` (anchors, not anchor x class pairs) of the anchor x class scores are
         kept, filtered by ``scores > test_score_thresh`` only if that is > 0 (theirs is 0:
         no filter); no per-level NMS and no per-level cut after it (their
@@ -385,9 +386,10 @@ class ATSSRetinaNet(RetinaNet):
         """
         boxes_all, scores_all, classes_all = [], [], []
         for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
-            boxes = clip_like_authors(
-                self.box2box_transform.apply_deltas(deltas_l, anchors_l.tensor), image_size
-            )
+            boxes = self.box2box_transform.apply_deltas(deltas_l, anchors_l.tensor)
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores_l).all(dim=1)
+            boxes = clip_like_authors(boxes[finite], image_size)
+            scores_l = scores_l[finite]
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, scores_l = boxes[nonempty], scores_l[nonempty]
             num_boxes = boxes.shape[0]
