@@ -12,9 +12,9 @@ from efl.data.lvis import frequency_groups
 
 def use_efl(model, train_dataset: str, gamma_b=2.0, scale_factor=8.0, alpha=0.25):
     """Give ``model`` the EFL module as ``cls_loss``, in place. A stock RetinaNet or FCOS
-    becomes its subclass that holds one (EFLRetinaNet, EFLFCOS); an ATSSRetinaNet keeps its
-    class (its focal loss, a SigmoidFocalLoss, is the module replaced)."""
-    if model._target_ is not ATSSRetinaNet:
+    becomes its subclass that holds one (EFLRetinaNet, EFLFCOS); an ATSSRetinaNet (or a
+    subclass: YOLOXIP) keeps its class (its focal loss, a SigmoidFocalLoss, is the module replaced)."""
+    if not issubclass(model._target_, ATSSRetinaNet):
         model._target_ = {RetinaNet: EFLRetinaNet, FCOS: EFLFCOS}[model._target_]
     model.cls_loss = L(EqualizedFocalLoss)(
         num_classes="${..num_classes}",
