@@ -1,6 +1,6 @@
 """The EFL authors' own detector code (United-Perception 52aaeb9), imported at test time from
 the vendored archive (../shared/vendor), never copied here: their ResNet, FPN,
-RetinaHeadWithIOU, anchors, EFL state and post-processing, built without the rest of their
+RetinaHeadWithIOU, anchors, EFL state and post-processing, their YOLOX-IP network, built without the rest of their
 framework (parent packages pre-registered as empty modules, their compiled NMS replaced by
 torchvision's with their +1 pixel convention)."""
 
@@ -84,6 +84,57 @@ def import_up(root: str) -> SimpleNamespace:
         predictor=get("up.tasks.det.models.postprocess.roi_predictor"),
         anchors=get("up.tasks.det.models.utils.anchor_generator"),
     )
+
+
+_YOLOX_PACKAGES = [
+    "up.tasks.det.plugins.yolov5", "up.tasks.det.plugins.yolov5.models",
+    "up.tasks.det.plugins.yolox", "up.tasks.det.plugins.yolox.models",
+    "up.tasks.det.plugins.yolox.models.backbone", "up.tasks.det.plugins.yolox.models.neck",
+    "up.tasks.det.plugins.yolox.models.head",
+]
+
+
+def import_up_yolox(root: str) -> SimpleNamespace:
+    """Their YOLOX-IP network modules (CSPDarknet, YoloxPAFPN, YoloXHead), imported once per
+    process beside :func:`import_up`'s (more empty parent packages)."""
+    import_up(root)
+    for name in _YOLOX_PACKAGES:
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [os.path.join(root, *name.split("."))]
+            sys.modules[name] = module
+    get = importlib.import_module
+    return SimpleNamespace(
+        backbone=get("up.tasks.det.plugins.yolox.models.backbone.cspdarknet"),
+        neck=get("up.tasks.det.plugins.yolox.models.neck.pafpn"),
+        head=get("up.tasks.det.plugins.yolox.models.head.yolox_head"),
+    )
+
+
+def build_yolox(upx, size: str, num_classes: int) -> nn.Module:
+    """Their YOLOX-IP network as in efl_yolox_{small,medium}.yaml (``size`` "s" or "m"),
+    ``num_classes`` foreground classes (+ background, their convention), every BatchNorm
+    with eps 1e-3 and momentum 0.03 (their ``runtime.special_bn_init``); eval mode."""
+    depth, width = {"s": (0.33, 0.5), "m": (0.67, 0.75)}[size]
+    silu = {"type": "Silu"}
+    det = nn.Module()
+    det.backbone = getattr(upx.backbone, f"yolox_{size}")(
+        out_layers=[2, 3, 4], out_strides=[8, 16, 32], normalize={"type": "solo_bn"}, act_fn=silu)
+    det.neck = upx.neck.YoloxPAFPN(inplanes=det.backbone.get_outplanes(), depth=depth,
+                                   out_strides=[8, 16, 32], act_fn=silu)
+    det.roi_head = upx.head.YoloXHead(num_classes=num_classes + 1, width=width, init_prior=0.001,
+                                      num_point=2, act_fn=silu, inplanes=det.neck.get_outplanes())
+    for m in det.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps, m.momentum = 1e-3, 0.03
+    return det.eval()
+
+
+def forward_yolox(det: nn.Module, image: torch.Tensor):
+    """Their neck features and raw head outputs on a (N, 3, H, W) batch:
+    ([P3, P4, P5], [(cls (N, K*A, H, W) class-major, loc (N, A*4, H, W), obj (N, A, H, W))])."""
+    feats = det.neck(det.backbone({"image": image}))["features"]
+    return feats, det.roi_head({"features": feats})["preds"]
 
 
 def build_detector(up, depth: int, num_classes: int) -> nn.Module:
