@@ -22,6 +22,7 @@ TWINS = [
     ("Synthetic/improved_focal.py", "Synthetic/improved_efl.py"),
     ("Synthetic/quality_qfl.py", "Synthetic/quality_eqfl.py"),
     ("LVISv1/qfl_improved_R_50_FPN_24ep.py", "LVISv1/eqfl_improved_R_50_FPN_24ep.py"),
+    ("Synthetic/yolox_ip_focal.py", "Synthetic/yolox_ip_efl.py"),
 ]
 # The baseline in the cls_loss slot of each EFL model (a stock RetinaNet / FCOS has none).
 BASELINE_LOSS = {"EqualizedFocalLoss": "SigmoidFocalLoss",

@@ -164,3 +164,39 @@ def test_yaml_config_builds_the_lazyconfig_modules():
     a, b = ours.state_dict(), yaml_model.state_dict()
     assert {k: tuple(v.shape) for k, v in a.items()} == {k: tuple(v.shape) for k, v in b.items()}
     torch.testing.assert_close(yaml_model.head.iou_pred[2].bias, ours.head.iou_pred[2].bias)
+
+
+# ----- the CPU configs on the tiny dataset ------------------------------------------------
+@pytest.mark.slow
+def test_synthetic_config_trains_and_evaluates(tiny_dataset, tmp_path, loss="efl"):
+    """configs/Synthetic/yolox_ip_efl.py (its focal twin differs in the loss alone:
+    tests/test_configs.py), shrunk (width 0.125, 12 classes, 160 px, batch 2) on the tiny
+    dataset: 4 iterations through the project's Trainer, then LVIS evaluation."""
+    from detectron2.config import LazyCall as L
+    from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+    from efl.engine import Trainer
+    from helpers import TINY_CLASSES
+
+    cfg = LazyConfig.load(os.path.join(ROOT, f"configs/Synthetic/yolox_ip_{loss}.py"))
+    set_yolox_size(cfg.model, depth=0.33, width=0.125)
+    cfg.model.num_classes = TINY_CLASSES
+    if loss == "efl":
+        cfg.model.cls_loss.class_groups.dataset_name = f"{tiny_dataset}_train"
+    cfg.dataloader.train.dataset.names = f"{tiny_dataset}_train"
+    cfg.dataloader.test.dataset.names = f"{tiny_dataset}_val"
+    for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
+        mapper.augmentations[0].short_edge_length = mapper.augmentations[0].max_size = 160
+    cfg.dataloader.train.total_batch_size = 2
+    cfg.dataloader.train.num_workers = cfg.dataloader.test.num_workers = 0
+    cfg.train.update(epochs=None, max_iter=4, log_period=1, output_dir=str(tmp_path), seed=0)
+    cfg.train.checkpointer.period = 4
+    cfg.lr_multiplier = L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[3], num_updates=4)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    assert isinstance(trainer.model, YOLOXIP)
+    assert "bbox" in results and math.isfinite(results["bbox"]["AP"])
+    assert os.path.isfile(os.path.join(str(tmp_path), "model_final.pth"))
+    if loss == "efl":
+        assert trainer.model.cls_loss.pos_grad.sum() > 0
