@@ -96,8 +96,8 @@ _YOLOX_PACKAGES = [
 
 def import_up_yolox(root: str) -> SimpleNamespace:
     """Their YOLOX-IP network modules (CSPDarknet, YoloxPAFPN, YoloXHead), imported once per
-    process beside :func:`import_up`'s (more empty parent packages)."""
-    import_up(root)
+    process beside :func:`import_up`'s (more empty parent packages; ``base``: those)."""
+    base = import_up(root)
     for name in _YOLOX_PACKAGES:
         if name not in sys.modules:
             module = types.ModuleType(name)
@@ -108,6 +108,7 @@ def import_up_yolox(root: str) -> SimpleNamespace:
         backbone=get("up.tasks.det.plugins.yolox.models.backbone.cspdarknet"),
         neck=get("up.tasks.det.plugins.yolox.models.neck.pafpn"),
         head=get("up.tasks.det.plugins.yolox.models.head.yolox_head"),
+        base=base,  # import_up's modules (post-processing, anchors)
     )
 
 
@@ -135,6 +136,37 @@ def forward_yolox(det: nn.Module, image: torch.Tensor):
     ([P3, P4, P5], [(cls (N, K*A, H, W) class-major, loc (N, A*4, H, W), obj (N, A, H, W))])."""
     feats = det.neck(det.backbone({"image": image}))["features"]
     return feats, det.roi_head({"features": feats})["preds"]
+
+
+def postprocess_yolox(up, preds, image_size, strides=(8, 16, 32)):
+    """Their YOLOX-IP test path (efl_yolox_*.yaml's ``retina_post_iou``) under their
+    ``runtime.aligned: true`` (pixel offset 0, anchors {3, 4} x stride centred at i x
+    stride), the flag put back afterwards: class-major permute, sigmoid(cls) x
+    sigmoid(iou), ``base_multicls`` (pre-NMS top 1000), ``retina_multicls`` (NMS 0.65,
+    top 300). Returns (N, 7): batch index, x1, y1, x2, y2, score, class (1-based)."""
+    from up.utils.general.global_flag import ALIGNED_FLAG
+
+    host = SimpleNamespace(class_first=True, num_anchors=2, class_activation="sigmoid")
+    saved = (ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset)
+    ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = True, 0
+    setattr(np, "float", float)  # their anchor code uses np.float (gone in numpy >= 1.24)
+    try:
+        permuted, _ = up.post.IOUPostProcess.permute_preds(host, preds)
+        activated = up.post.IOUPostProcess.apply_activation(host, permuted, True)
+        gen = up.anchors.HandCraftAnchorGenerator(anchor_ratios=[1], anchor_scales=[3, 4])
+        shapes = [(p[0].shape[2], p[0].shape[3], 2 * p[0].shape[2] * p[0].shape[3], s)
+                  for p, s in zip(preds, strides)]
+        predictor = up.predictor.RoiPredictorMultiCls(
+            pre_nms_score_thresh=0, pre_nms_top_n=1000, post_nms_top_n=1000, roi_min_size=0,
+            merger={"type": "retina_multicls",
+                    "kwargs": {"top_n": 300, "nms": {"type": "naive", "nms_iou_thresh": 0.65}}},
+        )
+        h, w = image_size
+        return predictor.predict(gen.get_anchors(shapes), activated,
+                                 [[h, w, 1.0, h, w, False]])["dt_bboxes"]
+    finally:
+        ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = saved
+        delattr(np, "float")
 
 
 def build_detector(up, depth: int, num_classes: int) -> nn.Module:
