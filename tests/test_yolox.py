@@ -200,3 +200,28 @@ def test_synthetic_config_trains_and_evaluates(tiny_dataset, tmp_path, loss="efl
     assert os.path.isfile(os.path.join(str(tmp_path), "model_final.pth"))
     if loss == "efl":
         assert trainer.model.cls_loss.pos_grad.sum() > 0
+
+
+def test_eqfl_variant_keeps_the_iou_branch_and_trains_the_class_score_on_the_iou():
+    from configs.common.models.yolox_ip import use_eqfl_quality
+    from efl import EqualizedQualityFocalLoss
+    from efl.modeling import QualityYOLOXIP
+
+    cfg = lazy()
+    use_eqfl_quality(cfg, train_dataset="none")
+    cfg.cls_loss.class_groups = None
+    model = instantiate(cfg)
+    assert type(model) is QualityYOLOXIP and isinstance(model.cls_loss, EqualizedQualityFocalLoss)
+    iou = torch.tensor([0.3, 0.9])
+    assert model.classification_quality(iou) is iou
+    batch = [{"image": torch.rand(3, 100, 130) * 255,
+              "instances": _instances((100, 130), [[10, 12, 60, 70]], [2])}]
+    with EventStorage():
+        losses = model(batch)
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_iou", "loss_box_l1"}
+    sum(losses.values()).backward()
+    assert sum(conv.weight.grad.abs().sum() for conv in model.head.iou_pred) > 0
+    assert model.cls_loss.pos_grad.sum() > 0
+    with pytest.raises(ValueError, match="needs quality targets but YOLOXIP"):
+        cfg._target_ = YOLOXIP
+        instantiate(cfg)

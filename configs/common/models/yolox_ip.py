@@ -82,3 +82,19 @@ model = L(YOLOXIP)(
     pixel_std=[1.0, 1.0, 1.0],
     input_format="BGR",
 )
+
+
+def use_eqfl_quality(model, train_dataset: str, gamma_b=2.0, scale_factor=4.0):
+    """Give ``model`` (this file's) EQFL as their eqfl_yolox_*.yaml do (gamma_b 2, s 4,
+    fpn_levels 3): QualityYOLOXIP (the IoU branch kept; the class target of each positive
+    the IoU of its decoded box), in place."""
+    from efl import EqualizedQualityFocalLoss
+    from efl.data.lvis import frequency_groups
+    from efl.modeling import QualityYOLOXIP
+
+    model._target_ = QualityYOLOXIP
+    model.cls_loss = L(EqualizedQualityFocalLoss)(
+        num_classes="${..num_classes}", gamma_b=gamma_b, scale_factor=scale_factor,
+        class_groups=L(frequency_groups)(dataset_name=train_dataset, required=False),
+    )
+    return model

@@ -8,9 +8,9 @@ from .fpn import LastLevelP6P7, LateralTopFPN
 from .norm import FrozenStatsBatchNorm2d
 from .quality import QualityATSSRetinaNet, QualityHead
 from .retinanet import EFLRetinaNet
-from .yolox import YOLOXIP, YOLOXHead, YOLOXPAFPN, CSPDarknet, build_yolox_pafpn_backbone
+from .yolox import QualityYOLOXIP, YOLOXIP, YOLOXHead, YOLOXPAFPN, CSPDarknet, build_yolox_pafpn_backbone
 
 __all__ = ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "ATSSHead", "ATSSAssigner", "LastLevelP6P7",
            "LateralTopFPN", "FrozenStatsBatchNorm2d", "QualityATSSRetinaNet", "QualityHead",
-           "build_atss_resnet_fpn_backbone", "YOLOXIP", "YOLOXHead", "YOLOXPAFPN", "CSPDarknet",
+           "build_atss_resnet_fpn_backbone", "YOLOXIP", "QualityYOLOXIP", "YOLOXHead", "YOLOXPAFPN", "CSPDarknet",
            "build_yolox_pafpn_backbone"]

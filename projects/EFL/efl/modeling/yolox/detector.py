@@ -3,7 +3,7 @@ the ATSS + IoU-branch path of their improved detector (United-Perception 52aaeb9
 ``configs/det/efl/{efl,eqfl}_yolox_{small,medium}.yaml``: ``retina_post_iou``; no SimOTA,
 no objectness loss). :class:`ATSSRetinaNet` with two of its seams changed."""
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -12,7 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from ..atss import ATSSRetinaNet
 from .head import YOLOXHead
 
-__all__ = ["YOLOXIP"]
+__all__ = ["YOLOXIP", "QualityYOLOXIP"]
 
 
 @META_ARCH_REGISTRY.register()
@@ -50,3 +50,19 @@ class YOLOXIP(ATSSRetinaNet):
         x1, y1, x2, y2 = boxes.unbind(dim=1)
         return torch.stack((x1.clamp(0, width), y1.clamp(0, height),
                             x2.clamp(0, width), y2.clamp(0, height)), dim=1)
+
+
+@META_ARCH_REGISTRY.register()
+class QualityYOLOXIP(YOLOXIP):
+    """:class:`YOLOXIP` for a quality loss (QFL, EQFL: their eqfl_yolox_{samll,medium}.yaml,
+    ``retina_post_iou`` with ``equalized_quality_focal_loss``): the target of each
+    positive's class entry is the IoU of its decoded (detached) box with its ground truth;
+    the IoU branch, its loss and the score sigmoid(cls) x sigmoid(iou) stay (unlike
+    :class:`QualityATSSRetinaNet`, which drops the branch). From YAML: ``MODEL.EFL.LOSS``
+    "EFL" (or "EQFL") gives EQFL."""
+
+    quality_targets = True
+
+    def classification_quality(self, iou_target: torch.Tensor) -> Optional[torch.Tensor]:
+        """The IoU target itself."""
+        return iou_target
