@@ -81,15 +81,20 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
             hook.remove()
 
 
-def ours(size: str):
+def ours(size: str, efl: bool = False):
+    """Our YOLOXIP of ``size`` (focal loss; with ``efl``: EFL s 4 as their configs)."""
     import sys
 
     sys.path.insert(0, ROOT)
+    from configs.common.efl import use_efl
     from configs.common.models.yolox_ip import set_yolox_size
 
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/common/models/yolox_ip.py"))
     cfg.model.num_classes = K
     set_yolox_size(cfg.model, size)
+    if efl:
+        use_efl(cfg.model, train_dataset="none", gamma_b=2.0, scale_factor=4.0, alpha=0.25)
+        cfg.model.cls_loss.class_groups = None
     return instantiate(cfg.model).eval()
 
 
@@ -162,3 +167,65 @@ def test_detections_match_the_authors_post_processing(up, pair, hw):
           + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
     for key, tol in DET_TOLERANCE.items():
         assert diffs[key] <= tol, (key, diffs)
+
+
+GT = [  # per image: (x1, y1, x2, y2, class 0-based); sizes 30-150 px on (224, 320)
+    [(20, 30, 90, 120, 1), (150, 40, 300, 200, 4), (100, 100, 140, 140, 0)],
+    [(10, 10, 60, 50, 6), (120, 20, 250, 210, 2)],
+]
+LOSS_TOLERANCE = 1e-5  # relative
+
+
+def test_training_losses_match_the_authors(up, pair):
+    """The same head outputs and ground truth through their ``retina_post_iou`` (ATSS with
+    IoU, EFL, GIoU + L1, IoU-branch BCE; efl_yolox_*.yaml) and our YOLOXIP losses, EFL
+    state drawn and shared: cls_loss = loss_cls, loc_loss = loss_box_reg + loss_box_l1,
+    iou_loss = loss_iou."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    size, theirs, _ = pair
+    model = ours(size, efl=True)
+    model.load_state_dict(yolox_state_dict(theirs.state_dict(), num_anchors=A)[0], strict=False)
+    g = torch.Generator().manual_seed(11)
+    post = ref.yolox_post_process(up, K)
+    with torch.no_grad():
+        for name in ("pos_grad", "neg_grad"):
+            state = torch.rand(K, generator=g)
+            getattr(post.cls_loss, name).copy_(state)
+            getattr(model.cls_loss, name).copy_(state)
+        ratio = torch.rand(K, generator=g)
+        post.cls_loss.pos_neg.copy_(ratio)
+        model.cls_loss.pos_neg.copy_(ratio)
+    hw = DET_SIZES[0]
+    images = torch.stack([det_image(hw), det_image(hw).flip(-1)])
+    gts = [torch.tensor(rows, dtype=torch.float32) for rows in GT]
+    with torch.no_grad():
+        _, their_preds = ref.forward_yolox(theirs, images)
+        with ref.aligned():
+            post.train()
+            out = post({"strides": torch.tensor([8, 16, 32]), "preds": their_preds,
+                        "image_info": [[*hw, 1.0, *hw, False]] * 2,
+                        "gt_bboxes": [torch.cat([t[:, :4], t[:, 4:] + 1], 1) for t in gts]})
+        batch = []
+        for image, t in zip(images, gts):
+            inst = Instances(hw)
+            inst.gt_boxes, inst.gt_classes = Boxes(t[:, :4]), t[:, 4].long()
+            batch.append({"image": image, "instances": inst})
+        x = model.preprocess_image(batch)
+        feats = model.backbone(x.tensor)
+        feats = [feats[f] for f in model.head_in_features]
+        with EventStorage():
+            losses = model.forward_training(x, feats, model.head(feats),
+                                            [b["instances"] for b in batch])
+    prefix = "IOUPostProcess."
+    pairs = {"cls": (losses["loss_cls"], out[prefix + "cls_loss"]),
+             "loc (GIoU + L1)": (losses["loss_box_reg"] + losses["loss_box_l1"],
+                                 out[prefix + "loc_loss"]),
+             "iou": (losses["loss_iou"], out[prefix + "iou_loss"])}
+    diffs = {k: abs(a.item() - b.item()) / abs(b.item()) for k, (a, b) in pairs.items()}
+    print(f"\nYOLOX-IP-{size.upper()} losses: " + ", ".join(
+        f"{k} ours {a.item():.6f} theirs {b.item():.6f} (rel {diffs[k]:.1e})"
+        for k, (a, b) in pairs.items()))
+    for key, diff in diffs.items():
+        assert diff <= LOSS_TOLERANCE, (key, diffs)

@@ -4,6 +4,7 @@ RetinaHeadWithIOU, anchors, EFL state and post-processing, their YOLOX-IP networ
 framework (parent packages pre-registered as empty modules, their compiled NMS replaced by
 torchvision's with their +1 pixel convention)."""
 
+import contextlib
 import importlib
 import os
 import sys
@@ -138,19 +139,61 @@ def forward_yolox(det: nn.Module, image: torch.Tensor):
     return feats, det.roi_head({"features": feats})["preds"]
 
 
+@contextlib.contextmanager
+def aligned():
+    """Their ``runtime.aligned: true`` (ALIGNED_FLAG aligned, pixel offset 0) and numpy's
+    ``np.float`` (their anchor code) for the duration; both put back afterwards."""
+    from up.utils.general.global_flag import ALIGNED_FLAG
+
+    saved = (ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset)
+    ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = True, 0
+    setattr(np, "float", float)
+    try:
+        yield
+    finally:
+        ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = saved
+        delattr(np, "float")
+
+
+def yolox_post_process(up, num_classes: int, scale_factor: float = 4.0) -> nn.Module:
+    """Their ``retina_post_iou`` as efl_yolox_{small,medium}.yaml configure it (EFL gamma_b
+    2, alpha 0.25, s 4, 3 levels; GIoU + L1; IoU-branch BCE; ATSS top 18 with IoU;
+    anchors {3, 4}), ``num_classes`` foreground classes. Their loss registry stands in for
+    the ``build_loss`` import_up leaves empty, and ``accuracy_v2`` returns 0 (their
+    accuracy module needs sklearn); build and call it under :func:`aligned`."""
+    from up.utils.general.registry_factory import LOSSES_REGISTRY
+
+    for name in ("iou_loss", "l1_loss", "entropy_loss"):
+        importlib.import_module(f"up.tasks.det.models.losses.{name}")
+    sys.modules["up.utils.model.accuracy"].accuracy_v2 = lambda *args, **kwargs: [torch.zeros(1)]
+    up.post.build_loss = LOSSES_REGISTRY.build
+    cfg = {
+        "cls_loss": {"type": "equalized_focal_loss", "kwargs": {
+            "num_classes": num_classes + 1, "focal_alpha": 0.25, "focal_gamma": 2.0,
+            "scale_factor": scale_factor, "fpn_levels": 3}},
+        "iou_branch_loss": {"type": "sigmoid_cross_entropy"},
+        "loc_loss": {"type": "compose_loc_loss", "kwargs": {"loss_cfg": [
+            {"type": "iou_loss", "kwargs": {"loss_type": "giou", "loss_weight": 1.0}},
+            {"type": "l1_loss", "kwargs": {"loss_weight": 1.0}}]}},
+        "anchor_generator": {"type": "hand_craft",
+                             "kwargs": {"anchor_ratios": [1], "anchor_scales": [3, 4]}},
+        "roi_supervisor": {"type": "atss", "kwargs": {"top_n": 18, "use_iou": True}},
+        "roi_predictor": {"type": "base_multicls", "kwargs": {
+            "pre_nms_score_thresh": 0, "pre_nms_top_n": 1000, "post_nms_top_n": 1000,
+            "roi_min_size": 0, "merger": {"type": "retina_multicls", "kwargs": {
+                "top_n": 300, "nms": {"type": "naive", "nms_iou_thresh": 0.65}}}}},
+    }
+    return up.post.IOUPostProcess(num_classes + 1, cfg)
+
+
 def postprocess_yolox(up, preds, image_size, strides=(8, 16, 32)):
     """Their YOLOX-IP test path (efl_yolox_*.yaml's ``retina_post_iou``) under their
     ``runtime.aligned: true`` (pixel offset 0, anchors {3, 4} x stride centred at i x
     stride), the flag put back afterwards: class-major permute, sigmoid(cls) x
     sigmoid(iou), ``base_multicls`` (pre-NMS top 1000), ``retina_multicls`` (NMS 0.65,
     top 300). Returns (N, 7): batch index, x1, y1, x2, y2, score, class (1-based)."""
-    from up.utils.general.global_flag import ALIGNED_FLAG
-
     host = SimpleNamespace(class_first=True, num_anchors=2, class_activation="sigmoid")
-    saved = (ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset)
-    ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = True, 0
-    setattr(np, "float", float)  # their anchor code uses np.float (gone in numpy >= 1.24)
-    try:
+    with aligned():
         permuted, _ = up.post.IOUPostProcess.permute_preds(host, preds)
         activated = up.post.IOUPostProcess.apply_activation(host, permuted, True)
         gen = up.anchors.HandCraftAnchorGenerator(anchor_ratios=[1], anchor_scales=[3, 4])
@@ -164,9 +207,6 @@ def postprocess_yolox(up, preds, image_size, strides=(8, 16, 32)):
         h, w = image_size
         return predictor.predict(gen.get_anchors(shapes), activated,
                                  [[h, w, 1.0, h, w, False]])["dt_bboxes"]
-    finally:
-        ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = saved
-        delattr(np, "float")
 
 
 def build_detector(up, depth: int, num_classes: int) -> nn.Module:
