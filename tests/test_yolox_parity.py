@@ -81,19 +81,23 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
             hook.remove()
 
 
-def ours(size: str, efl: bool = False):
-    """Our YOLOXIP of ``size`` (focal loss; with ``efl``: EFL s 4 as their configs)."""
+def ours(size: str, loss: str = "focal"):
+    """Our YOLOXIP of ``size`` with ``loss``: "focal", "efl" (s 4 as their configs) or
+    "eqfl" (QualityYOLOXIP, s 4)."""
     import sys
 
     sys.path.insert(0, ROOT)
     from configs.common.efl import use_efl
-    from configs.common.models.yolox_ip import set_yolox_size
+    from configs.common.models.yolox_ip import set_yolox_size, use_eqfl_quality
 
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/common/models/yolox_ip.py"))
     cfg.model.num_classes = K
     set_yolox_size(cfg.model, size)
-    if efl:
+    if loss == "efl":
         use_efl(cfg.model, train_dataset="none", gamma_b=2.0, scale_factor=4.0, alpha=0.25)
+    elif loss == "eqfl":
+        use_eqfl_quality(cfg.model, train_dataset="none", gamma_b=2.0, scale_factor=4.0)
+    if loss != "focal":
         cfg.model.cls_loss.class_groups = None
     return instantiate(cfg.model).eval()
 
@@ -176,19 +180,20 @@ GT = [  # per image: (x1, y1, x2, y2, class 0-based); sizes 30-150 px on (224, 3
 LOSS_TOLERANCE = 1e-5  # relative
 
 
-def test_training_losses_match_the_authors(up, pair):
+@pytest.mark.parametrize("loss", ["efl", "eqfl"])
+def test_training_losses_match_the_authors(up, pair, loss):
     """The same head outputs and ground truth through their ``retina_post_iou`` (ATSS with
-    IoU, EFL, GIoU + L1, IoU-branch BCE; efl_yolox_*.yaml) and our YOLOXIP losses, EFL
-    state drawn and shared: cls_loss = loss_cls, loc_loss = loss_box_reg + loss_box_l1,
-    iou_loss = loss_iou."""
+    IoU, EFL or EQFL, GIoU + L1, IoU-branch BCE; {efl,eqfl}_yolox_*.yaml) and our YOLOXIP
+    (QualityYOLOXIP for EQFL) losses, EFL state drawn and shared: cls_loss = loss_cls,
+    loc_loss = loss_box_reg + loss_box_l1, iou_loss = loss_iou."""
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
     size, theirs, _ = pair
-    model = ours(size, efl=True)
+    model = ours(size, loss=loss)
     model.load_state_dict(yolox_state_dict(theirs.state_dict(), num_anchors=A)[0], strict=False)
     g = torch.Generator().manual_seed(11)
-    post = ref.yolox_post_process(up, K)
+    post = ref.yolox_post_process(up, K, loss)
     with torch.no_grad():
         for name in ("pos_grad", "neg_grad"):
             state = torch.rand(K, generator=g)
@@ -224,7 +229,7 @@ def test_training_losses_match_the_authors(up, pair):
                                  out[prefix + "loc_loss"]),
              "iou": (losses["loss_iou"], out[prefix + "iou_loss"])}
     diffs = {k: abs(a.item() - b.item()) / abs(b.item()) for k, (a, b) in pairs.items()}
-    print(f"\nYOLOX-IP-{size.upper()} losses: " + ", ".join(
+    print(f"\nYOLOX-IP-{size.upper()} {loss.upper()} losses: " + ", ".join(
         f"{k} ours {a.item():.6f} theirs {b.item():.6f} (rel {diffs[k]:.1e})"
         for k, (a, b) in pairs.items()))
     for key, diff in diffs.items():

@@ -155,22 +155,32 @@ def aligned():
         delattr(np, "float")
 
 
-def yolox_post_process(up, num_classes: int, scale_factor: float = 4.0) -> nn.Module:
-    """Their ``retina_post_iou`` as efl_yolox_{small,medium}.yaml configure it (EFL gamma_b
-    2, alpha 0.25, s 4, 3 levels; GIoU + L1; IoU-branch BCE; ATSS top 18 with IoU;
-    anchors {3, 4}), ``num_classes`` foreground classes. Their loss registry stands in for
-    the ``build_loss`` import_up leaves empty, and ``accuracy_v2`` returns 0 (their
-    accuracy module needs sklearn); build and call it under :func:`aligned`."""
+def yolox_post_process(up, num_classes: int, loss: str = "efl") -> nn.Module:
+    """Their ``retina_post_iou`` as {efl,eqfl}_yolox_*.yaml configure it (``loss`` "efl":
+    EFL gamma_b 2, alpha 0.25, s 4; "eqfl": EQFL gamma_b 2, s 4, trained on the IoU of the
+    decoded box; 3 levels; GIoU + L1; IoU-branch BCE; ATSS top 18 with IoU; anchors {3, 4}),
+    ``num_classes`` foreground classes. Their loss registry stands in for the
+    ``build_loss`` import_up leaves empty, ``accuracy_v2`` returns 0 (their accuracy module
+    needs sklearn), their compiled focal-loss names (unused by EQFL) are None; build and
+    call it under :func:`aligned`."""
     from up.utils.general.registry_factory import LOSSES_REGISTRY
 
-    for name in ("iou_loss", "l1_loss", "entropy_loss"):
-        importlib.import_module(f"up.tasks.det.models.losses.{name}")
+    for name in ("SigmoidFocalLossFunction", "SoftmaxFocalLossFunction",
+                 "CrossSigmoidFocalLossFunction"):
+        if not hasattr(sys.modules["up.extensions"], name):
+            setattr(sys.modules["up.extensions"], name, None)
+    for name in ("up.tasks.det.models.losses.iou_loss", "up.tasks.det.models.losses.l1_loss",
+                 "up.tasks.det.models.losses.entropy_loss",
+                 "up.tasks.det.plugins.efl.models.losses.eqfl"):
+        importlib.import_module(name)
     sys.modules["up.utils.model.accuracy"].accuracy_v2 = lambda *args, **kwargs: [torch.zeros(1)]
     up.post.build_loss = LOSSES_REGISTRY.build
+    cls_loss = {"efl": {"type": "equalized_focal_loss", "kwargs": {"focal_alpha": 0.25}},
+                "eqfl": {"type": "equalized_quality_focal_loss", "kwargs": {}}}[loss]
+    cls_loss["kwargs"].update(num_classes=num_classes + 1, focal_gamma=2.0, scale_factor=4.0,
+                              fpn_levels=3)
     cfg = {
-        "cls_loss": {"type": "equalized_focal_loss", "kwargs": {
-            "num_classes": num_classes + 1, "focal_alpha": 0.25, "focal_gamma": 2.0,
-            "scale_factor": scale_factor, "fpn_levels": 3}},
+        "cls_loss": cls_loss,
         "iou_branch_loss": {"type": "sigmoid_cross_entropy"},
         "loc_loss": {"type": "compose_loc_loss", "kwargs": {"loss_cfg": [
             {"type": "iou_loss", "kwargs": {"loss_type": "giou", "loss_weight": 1.0}},
