@@ -2,8 +2,9 @@
 52aaeb9, ``up/tasks/det/plugins/yolox/models/backbone/cspdarknet.py``, ``CSPDarknet`` with
 ``focus_type: v5_focus`` and SPP; their ``yolox_s`` / ``yolox_m``)."""
 
-from typing import Dict, List
+from typing import Dict
 
+import torch
 from torch import nn
 
 from detectron2.layers import ShapeSpec
@@ -63,7 +64,7 @@ class CSPDarknet(Backbone):
     def size_divisibility(self) -> int:
         return 32
 
-    def forward(self, x) -> Dict[str, "torch.Tensor"]:
+    def forward(self, x) -> Dict[str, torch.Tensor]:
         """x: (N, C, H, W) -> {name: (N, channels, H / stride, W / stride)}."""
         out = {}
         for name in _STAGES:
