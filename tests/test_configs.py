@@ -32,6 +32,7 @@ TWINS = [
     ("Synthetic/retinanet_focal.py", "Synthetic/retinanet_eqlv2.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_eql.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_eqlv2.py"),
+    ("Synthetic/yolox_ip_focal.py", "Synthetic/yolox_ip_efl.py"),
 ]
 # The baseline in the cls_loss slot of each EFL model (a stock RetinaNet / FCOS has none).
 BASELINE_LOSS = {"EqualizedFocalLoss": "SigmoidFocalLoss",

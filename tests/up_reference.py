@@ -1,9 +1,10 @@
 """The EFL authors' own detector code (United-Perception 52aaeb9), imported at test time from
 the vendored archive (../shared/vendor), never copied here: their ResNet, FPN,
-RetinaHeadWithIOU, anchors, EFL state and post-processing, built without the rest of their
+RetinaHeadWithIOU, anchors, EFL state and post-processing, their YOLOX-IP network, built without the rest of their
 framework (parent packages pre-registered as empty modules, their compiled NMS replaced by
 torchvision's with their +1 pixel convention)."""
 
+import contextlib
 import importlib
 import os
 import sys
@@ -19,7 +20,10 @@ from torch import nn
 
 from helpers import ROOT
 
-ARCHIVE = os.path.join(ROOT, "..", "shared", "vendor", "United-Perception-52aaeb9.tar.gz")
+# ../shared/vendor beside the checkout; EFL_VENDOR_DIR names another folder (a git worktree
+# of the project lies deeper than the checkout the vendored folder sits beside).
+VENDOR = os.environ.get("EFL_VENDOR_DIR", os.path.join(ROOT, "..", "shared", "vendor"))
+ARCHIVE = os.path.join(VENDOR, "United-Perception-52aaeb9.tar.gz")
 FOLDER = "United-Perception-52aaeb9"
 STRIDES = [8, 16, 32, 64, 128]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # their config's `normalize`
@@ -81,6 +85,138 @@ def import_up(root: str) -> SimpleNamespace:
         predictor=get("up.tasks.det.models.postprocess.roi_predictor"),
         anchors=get("up.tasks.det.models.utils.anchor_generator"),
     )
+
+
+_YOLOX_PACKAGES = [
+    "up.tasks.det.plugins.yolov5", "up.tasks.det.plugins.yolov5.models",
+    "up.tasks.det.plugins.yolox", "up.tasks.det.plugins.yolox.models",
+    "up.tasks.det.plugins.yolox.models.backbone", "up.tasks.det.plugins.yolox.models.neck",
+    "up.tasks.det.plugins.yolox.models.head",
+]
+
+
+def import_up_yolox(root: str) -> SimpleNamespace:
+    """Their YOLOX-IP network modules (CSPDarknet, YoloxPAFPN, YoloXHead), imported once per
+    process beside :func:`import_up`'s (more empty parent packages; ``base``: those)."""
+    base = import_up(root)
+    for name in _YOLOX_PACKAGES:
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [os.path.join(root, *name.split("."))]
+            sys.modules[name] = module
+    get = importlib.import_module
+    return SimpleNamespace(
+        backbone=get("up.tasks.det.plugins.yolox.models.backbone.cspdarknet"),
+        neck=get("up.tasks.det.plugins.yolox.models.neck.pafpn"),
+        head=get("up.tasks.det.plugins.yolox.models.head.yolox_head"),
+        base=base,  # import_up's modules (post-processing, anchors)
+    )
+
+
+def build_yolox(upx, size: str, num_classes: int) -> nn.Module:
+    """Their YOLOX-IP network as in efl_yolox_{small,medium}.yaml (``size`` "s" or "m"),
+    ``num_classes`` foreground classes (+ background, their convention), every BatchNorm
+    with eps 1e-3 and momentum 0.03 (their ``runtime.special_bn_init``); eval mode."""
+    depth, width = {"s": (0.33, 0.5), "m": (0.67, 0.75)}[size]
+    silu = {"type": "Silu"}
+    det = nn.Module()
+    det.backbone = getattr(upx.backbone, f"yolox_{size}")(
+        out_layers=[2, 3, 4], out_strides=[8, 16, 32], normalize={"type": "solo_bn"}, act_fn=silu)
+    det.neck = upx.neck.YoloxPAFPN(inplanes=det.backbone.get_outplanes(), depth=depth,
+                                   out_strides=[8, 16, 32], act_fn=silu)
+    det.roi_head = upx.head.YoloXHead(num_classes=num_classes + 1, width=width, init_prior=0.001,
+                                      num_point=2, act_fn=silu, inplanes=det.neck.get_outplanes())
+    for m in det.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eps, m.momentum = 1e-3, 0.03
+    return det.eval()
+
+
+def forward_yolox(det: nn.Module, image: torch.Tensor):
+    """Their neck features and raw head outputs on a (N, 3, H, W) batch:
+    ([P3, P4, P5], [(cls (N, K*A, H, W) class-major, loc (N, A*4, H, W), obj (N, A, H, W))])."""
+    feats = det.neck(det.backbone({"image": image}))["features"]
+    return feats, det.roi_head({"features": feats})["preds"]
+
+
+@contextlib.contextmanager
+def aligned():
+    """Their ``runtime.aligned: true`` (ALIGNED_FLAG aligned, pixel offset 0) and numpy's
+    ``np.float`` (their anchor code) for the duration; both put back afterwards."""
+    from up.utils.general.global_flag import ALIGNED_FLAG
+
+    saved = (ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset)
+    ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = True, 0
+    setattr(np, "float", float)
+    try:
+        yield
+    finally:
+        ALIGNED_FLAG.aligned, ALIGNED_FLAG.offset = saved
+        delattr(np, "float")
+
+
+def yolox_post_process(up, num_classes: int, loss: str = "efl") -> nn.Module:
+    """Their ``retina_post_iou`` as {efl,eqfl}_yolox_*.yaml configure it (``loss`` "efl":
+    EFL gamma_b 2, alpha 0.25, s 4; "eqfl": EQFL gamma_b 2, s 4, trained on the IoU of the
+    decoded box; 3 levels; GIoU + L1; IoU-branch BCE; ATSS top 18 with IoU; anchors {3, 4}),
+    ``num_classes`` foreground classes. Their loss registry stands in for the
+    ``build_loss`` import_up leaves empty, ``accuracy_v2`` returns 0 (their accuracy module
+    needs sklearn), their compiled focal-loss names (unused by EQFL) are None; build and
+    call it under :func:`aligned`."""
+    from up.utils.general.registry_factory import LOSSES_REGISTRY
+
+    for name in ("SigmoidFocalLossFunction", "SoftmaxFocalLossFunction",
+                 "CrossSigmoidFocalLossFunction"):
+        if not hasattr(sys.modules["up.extensions"], name):
+            setattr(sys.modules["up.extensions"], name, None)
+    for name in ("up.tasks.det.models.losses.iou_loss", "up.tasks.det.models.losses.l1_loss",
+                 "up.tasks.det.models.losses.entropy_loss",
+                 "up.tasks.det.plugins.efl.models.losses.eqfl"):
+        importlib.import_module(name)
+    sys.modules["up.utils.model.accuracy"].accuracy_v2 = lambda *args, **kwargs: [torch.zeros(1)]
+    up.post.build_loss = LOSSES_REGISTRY.build
+    cls_loss = {"efl": {"type": "equalized_focal_loss", "kwargs": {"focal_alpha": 0.25}},
+                "eqfl": {"type": "equalized_quality_focal_loss", "kwargs": {}}}[loss]
+    cls_loss["kwargs"].update(num_classes=num_classes + 1, focal_gamma=2.0, scale_factor=4.0,
+                              fpn_levels=3)
+    cfg = {
+        "cls_loss": cls_loss,
+        "iou_branch_loss": {"type": "sigmoid_cross_entropy"},
+        "loc_loss": {"type": "compose_loc_loss", "kwargs": {"loss_cfg": [
+            {"type": "iou_loss", "kwargs": {"loss_type": "giou", "loss_weight": 1.0}},
+            {"type": "l1_loss", "kwargs": {"loss_weight": 1.0}}]}},
+        "anchor_generator": {"type": "hand_craft",
+                             "kwargs": {"anchor_ratios": [1], "anchor_scales": [3, 4]}},
+        "roi_supervisor": {"type": "atss", "kwargs": {"top_n": 18, "use_iou": True}},
+        "roi_predictor": {"type": "base_multicls", "kwargs": {
+            "pre_nms_score_thresh": 0, "pre_nms_top_n": 1000, "post_nms_top_n": 1000,
+            "roi_min_size": 0, "merger": {"type": "retina_multicls", "kwargs": {
+                "top_n": 300, "nms": {"type": "naive", "nms_iou_thresh": 0.65}}}}},
+    }
+    return up.post.IOUPostProcess(num_classes + 1, cfg)
+
+
+def postprocess_yolox(up, preds, image_size, strides=(8, 16, 32)):
+    """Their YOLOX-IP test path (efl_yolox_*.yaml's ``retina_post_iou``) under their
+    ``runtime.aligned: true`` (pixel offset 0, anchors {3, 4} x stride centred at i x
+    stride), the flag put back afterwards: class-major permute, sigmoid(cls) x
+    sigmoid(iou), ``base_multicls`` (pre-NMS top 1000), ``retina_multicls`` (NMS 0.65,
+    top 300). Returns (N, 7): batch index, x1, y1, x2, y2, score, class (1-based)."""
+    host = SimpleNamespace(class_first=True, num_anchors=2, class_activation="sigmoid")
+    with aligned():
+        permuted, _ = up.post.IOUPostProcess.permute_preds(host, preds)
+        activated = up.post.IOUPostProcess.apply_activation(host, permuted, True)
+        gen = up.anchors.HandCraftAnchorGenerator(anchor_ratios=[1], anchor_scales=[3, 4])
+        shapes = [(p[0].shape[2], p[0].shape[3], 2 * p[0].shape[2] * p[0].shape[3], s)
+                  for p, s in zip(preds, strides)]
+        predictor = up.predictor.RoiPredictorMultiCls(
+            pre_nms_score_thresh=0, pre_nms_top_n=1000, post_nms_top_n=1000, roi_min_size=0,
+            merger={"type": "retina_multicls",
+                    "kwargs": {"top_n": 300, "nms": {"type": "naive", "nms_iou_thresh": 0.65}}},
+        )
+        h, w = image_size
+        return predictor.predict(gen.get_anchors(shapes), activated,
+                                 [[h, w, 1.0, h, w, False]])["dt_bboxes"]
 
 
 def build_detector(up, depth: int, num_classes: int) -> nn.Module:

@@ -31,6 +31,7 @@ def _detectron2_available() -> bool:
 if _detectron2_available():  # any ImportError inside is a real error: not swallowed
     from .config import add_atss_config, add_efl_config
     from .modeling import ATSSRetinaNet, EFLFCOS, EFLRetinaNet, QualityATSSRetinaNet
+    from .modeling.yolox import YOLOXIP, add_yolox_config
 
-    __all__ += ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "QualityATSSRetinaNet",
-                "add_efl_config", "add_atss_config"]
+    __all__ += ["EFLRetinaNet", "EFLFCOS", "ATSSRetinaNet", "QualityATSSRetinaNet", "YOLOXIP",
+                "add_efl_config", "add_atss_config", "add_yolox_config"]

@@ -8,7 +8,7 @@ Classification uses the model's ``cls_loss`` module (:class:`EqualizedFocalLoss`
 and EFL run the same code and differ in that module alone.
 """
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -204,8 +204,9 @@ class ATSSRetinaNet(RetinaNet):
     with RetinaNet's ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh``
     and ``max_detections_per_image``.
 
-    A variant changes the seams: ``head_class`` (the YAML head), :meth:`score`, and
-    :meth:`classification_quality` with ``quality_targets`` (e.g. QualityATSSRetinaNet).
+    A variant changes the seams: ``head_class`` (the YAML head), :meth:`score`,
+    :meth:`classification_quality` with ``quality_targets`` (e.g. QualityATSSRetinaNet),
+    :meth:`delta_losses` and :meth:`clip_boxes` (e.g. YOLOXIP).
     """
 
     head_class = ATSSHead  # the head from_config builds
@@ -270,6 +271,16 @@ class ATSSRetinaNet(RetinaNet):
         target (here)."""
         return None
 
+    def delta_losses(self, deltas: torch.Tensor, anchors: torch.Tensor,
+                     gt_boxes: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Further box losses on the positives' raw (P, 4) predicted deltas, with their
+        (P, 4) anchors and ground-truth boxes (XYXY); none here."""
+        return {}
+
+    def clip_boxes(self, boxes: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+        """(R, 4) decoded XYXY boxes clipped to the image: :func:`clip_like_authors`."""
+        return clip_like_authors(boxes, image_size)
+
     # ----- training and inference ----------------------------------------------------------
     def _split_predictions(self, predictions):
         """The head's outputs per level as (N, R_l, K), (N, R_l, 4) and, per further branch
@@ -327,7 +338,8 @@ class ATSSRetinaNet(RetinaNet):
         deltas = cat(pred_anchor_deltas, dim=1)[pos_mask].float()  # (P, 4)
         pos_anchors = Boxes.cat(anchors).tensor.expand(num_images, -1, -1)[pos_mask]
         pred_boxes = self.box2box_transform.apply_deltas(deltas, pos_anchors)
-        iou, giou = box_iou_and_giou(pred_boxes, torch.stack(gt_boxes)[pos_mask].float())
+        pos_gt_boxes = torch.stack(gt_boxes)[pos_mask].float()
+        iou, giou = box_iou_and_giou(pred_boxes, pos_gt_boxes)
         iou_target = iou.detach()
 
         totals = _mean_over_workers(torch.stack([num_pos.float(), iou_target.sum()]))
@@ -350,6 +362,7 @@ class ATSSRetinaNet(RetinaNet):
             iou_logits = cat(pred_ious, dim=1)[pos_mask].squeeze(-1).float()
             loss_iou = F.binary_cross_entropy_with_logits(iou_logits, iou_target, reduction="sum")
             out["loss_iou"] = loss_iou / normalizer
+        out.update(self.delta_losses(deltas, pos_anchors, pos_gt_boxes))
         return out
 
     def forward_inference(self, images, features, predictions):
@@ -369,8 +382,9 @@ class ATSSRetinaNet(RetinaNet):
         ``retina_multicls`` merger, ``up/tasks/det/models/postprocess/roi_predictor.py``
         187-266 and 370-410), which differs from :class:`RetinaNet`'s in order and count:
 
-        per level, every anchor's box is decoded and clipped (:func:`clip_like_authors`),
-        zero-size boxes dropped, then the top ``min(test_topk_candidates, number of
+        per level, every anchor's box is decoded, anchors with a non-finite box or score
+        dropped (a diverged model gives no finite box; theirs would clip inf to the image
+        corner), the boxes clipped (:meth:`clip_boxes`), zero-size boxes dropped, then the top ``min(test_topk_candidates, number of
         anchors left)`` (anchors, not anchor x class pairs) of the anchor x class scores are
         kept, filtered by ``scores > test_score_thresh`` only if that is > 0 (theirs is 0:
         no filter); no per-level NMS and no per-level cut after it (their
@@ -385,9 +399,10 @@ class ATSSRetinaNet(RetinaNet):
         """
         boxes_all, scores_all, classes_all = [], [], []
         for anchors_l, scores_l, deltas_l in zip(anchors, box_cls, box_delta):
-            boxes = clip_like_authors(
-                self.box2box_transform.apply_deltas(deltas_l, anchors_l.tensor), image_size
-            )
+            boxes = self.box2box_transform.apply_deltas(deltas_l, anchors_l.tensor)
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores_l).all(dim=1)
+            boxes = self.clip_boxes(boxes[finite], image_size)
+            scores_l = scores_l[finite]
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
             boxes, scores_l = boxes[nonempty], scores_l[nonempty]
             num_boxes = boxes.shape[0]

@@ -1,0 +1,236 @@
+"""YOLOX-IP's network computes what the authors' does (United-Perception 52aaeb9, imported
+from ../shared/vendor at run time): their CSPDarknet + YoloxPAFPN + YoloXHead, S and M, on
+random weights with every BatchNorm's statistics and affine and every bias perturbed, their
+state dict mapped onto ours by efl.convert.up_yolox (strictly: every tensor used, every one
+of ours filled); the neck features and each level's cls / box / IoU outputs agree.
+
+The max differences are printed (``pytest -s``) and recorded in the closing note of issue 26.
+"""
+
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+import up_reference as ref
+from efl.convert.up_yolox import yolox_state_dict
+from helpers import ROOT
+
+K, A = 7, 2  # classes (their num_classes K + 1), anchors per location
+SHAPE = (2, 3, 96, 128)  # a small batch, a multiple of 32
+TOLERANCE = {"neck": 2e-4, "cls": 2e-4, "box": 2e-4, "iou": 2e-4}  # relative to max |x|
+
+
+@pytest.fixture(scope="module")
+def upx(tmp_path_factory):
+    return ref.import_up_yolox(ref.unpack(str(tmp_path_factory.mktemp("united_perception"))))
+
+
+@pytest.fixture(scope="module")
+def up(upx):
+    return upx.base
+
+
+DET_SIZES = [(224, 320), (200, 300)]  # (H, W): a multiple of 32 (P3 has 2240 anchors > 1000), not one
+DET_TOLERANCE = {"boxes (px)": 1e-3, "scores": 1e-5}
+
+
+def det_image(hw):
+    """(3, H, W) BGR 0-255 noise."""
+    return torch.randint(0, 256, (3, *hw), generator=torch.Generator().manual_seed(5)).float()
+
+
+def padded(image):
+    """(1, 3, H', W'): 0-padded at the bottom-right to a multiple of 32 (their left_top)."""
+    h, w = image.shape[1:]
+    return torch.nn.functional.pad(image, (0, -w % 32, 0, -h % 32))[None]
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    """Random weights standing in for trained ones (their network, before mapping): conv
+    weights ~ N(0, 1 / fan_in) (predictors x 0.1: logits and deltas of a trained head's
+    size), every bias ~ 0.1 N(0, 1), BN weights in [0.8, 1.2]; then every BN's statistics
+    set, in forward order, from what reaches it on a calibration batch and perturbed (var
+    x [0.5, 1.5], mean + 0.1 N(0, 1) x std), on the detection test's images (padded: at
+    another size or without the zero padding, deep layers see other statistics). Drawn
+    statistics alone blow activations up through M's 100-odd layers (every score 1.0:
+    ties, no parity to see)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def calibrate(bn, inputs):
+        x = inputs[0]
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3))
+        bn.running_mean.copy_(mean + 0.1 * torch.randn(mean.shape, generator=g) * var.sqrt())
+        bn.running_var.copy_(var * (0.5 + torch.rand(var.shape, generator=g)))
+
+    with torch.no_grad():
+        for name, t in model.named_parameters():
+            if name.endswith(".bias"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+            elif t.dim() == 1:
+                t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=g))
+            else:
+                scale = 0.1 if name.startswith("roi_head.") and "_preds." in name else 1.0
+                t.copy_(torch.randn(t.shape, generator=g) * scale * t[0].numel() ** -0.5)
+        hooks = [m.register_forward_pre_hook(calibrate) for m in model.modules()
+                 if isinstance(m, torch.nn.BatchNorm2d)]
+        model.eval()
+        ref.forward_yolox(model, torch.cat([padded(det_image(hw)) for hw in DET_SIZES]))
+        for hook in hooks:
+            hook.remove()
+
+
+def ours(size: str, loss: str = "focal"):
+    """Our YOLOXIP of ``size`` with ``loss``: "focal", "efl" (s 4 as their configs) or
+    "eqfl" (QualityYOLOXIP, s 4)."""
+    import sys
+
+    sys.path.insert(0, ROOT)
+    from configs.common.efl import use_efl
+    from configs.common.models.yolox_ip import set_yolox_size, use_eqfl_quality
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/common/models/yolox_ip.py"))
+    cfg.model.num_classes = K
+    set_yolox_size(cfg.model, size)
+    if loss == "efl":
+        use_efl(cfg.model, train_dataset="none", gamma_b=2.0, scale_factor=4.0, alpha=0.25)
+    elif loss == "eqfl":
+        use_eqfl_quality(cfg.model, train_dataset="none", gamma_b=2.0, scale_factor=4.0)
+    if loss != "focal":
+        cfg.model.cls_loss.class_groups = None
+    return instantiate(cfg.model).eval()
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
+
+
+@pytest.fixture(scope="module", params=["s", "m"])
+def pair(upx, request):
+    """(size, their network with perturbed weights, our YOLOXIP with them mapped on)."""
+    size = request.param
+    torch.manual_seed(0)
+    theirs = ref.build_yolox(upx, size, K)
+    perturb(theirs, seed={"s": 1, "m": 2}[size])
+    model = ours(size)
+    state, unknown = yolox_state_dict(theirs.state_dict(), num_anchors=A)
+    assert unknown == []
+    model.load_state_dict(state, strict=True)  # every tensor of ours filled, no extra
+    return size, theirs, model
+
+
+def test_network_and_head_outputs_match_the_authors(pair):
+    size, theirs, model = pair
+
+    images = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3)) * 255  # BGR 0-255
+    with torch.no_grad():
+        their_feats, their_preds = ref.forward_yolox(theirs, images)
+        feats = model.backbone(images)
+        logits, deltas, ious = model.head([feats[f] for f in model.head_in_features])
+
+    n = SHAPE[0]
+    diffs = {"neck": 0.0, "cls": 0.0, "box": 0.0, "iou": 0.0}
+    absolute = dict(diffs)
+    for level, (theirs_f, (cls, loc, obj)) in enumerate(zip(their_feats, their_preds)):
+        h, w = cls.shape[-2:]
+        cls = cls.reshape(n, K, A, h, w).transpose(1, 2).reshape(n, A * K, h, w)  # anchor-major
+        pairs = {"neck": (feats[f"p{level + 3}"], theirs_f), "cls": (logits[level], cls),
+                 "box": (deltas[level], loc), "iou": (ious[level], obj)}
+        for name, (a, b) in pairs.items():
+            assert a.shape == b.shape, (name, level)
+            assert torch.isfinite(b).all() and b.abs().max() > 0.1, (name, level)  # not degenerate
+            diffs[name] = max(diffs[name], max_rel(a, b))
+            absolute[name] = max(absolute[name], (a - b).abs().max().item())
+    print(f"\nYOLOX-IP-{size.upper()} {tuple(SHAPE)}: max |ours - theirs| "
+          + ", ".join(f"{k} {absolute[k]:.2e} (rel {diffs[k]:.1e})" for k in diffs))
+    for name, tol in TOLERANCE.items():
+        assert diffs[name] <= tol, (name, diffs[name])
+
+
+
+
+@pytest.mark.parametrize("hw", DET_SIZES, ids=str)
+def test_detections_match_the_authors_post_processing(up, pair, hw):
+    """Our detections (at most 300; ATSSRetinaNet's post-processing with YOLOXIP's clip) equal theirs
+    (``retina_post_iou`` with efl_yolox_*.yaml's predictor, aligned at offset 0): same
+    classes in the same order, boxes and scores within float rounding."""
+    size, theirs, model = pair
+    image = det_image(hw)
+    with torch.no_grad():
+        _, their_preds = ref.forward_yolox(theirs, padded(image))
+        dets_t = ref.postprocess_yolox(up, their_preds, hw)
+        dets_o = model([{"image": image}])[0]["instances"]
+    assert len(dets_t) == len(dets_o) >= 100, (len(dets_t), len(dets_o))  # <= 300 after NMS
+    assert dets_o.scores.unique().numel() > 0.95 * len(dets_o)  # no saturated ties
+    dets_t = dets_t[dets_t[:, 5].argsort(descending=True)]
+    assert torch.equal(dets_t[:, 6].long() - 1, dets_o.pred_classes)
+    diffs = {"boxes (px)": (dets_t[:, 1:5] - dets_o.pred_boxes.tensor).abs().max().item(),
+             "scores": (dets_t[:, 5] - dets_o.scores).abs().max().item()}
+    print(f"\nYOLOX-IP-{size.upper()} {len(dets_o)} detections {hw}: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    for key, tol in DET_TOLERANCE.items():
+        assert diffs[key] <= tol, (key, diffs)
+
+
+GT = [  # per image: (x1, y1, x2, y2, class 0-based); sizes 30-150 px on (224, 320)
+    [(20, 30, 90, 120, 1), (150, 40, 300, 200, 4), (100, 100, 140, 140, 0)],
+    [(10, 10, 60, 50, 6), (120, 20, 250, 210, 2)],
+]
+LOSS_TOLERANCE = 1e-5  # relative
+
+
+@pytest.mark.parametrize("loss", ["efl", "eqfl"])
+def test_training_losses_match_the_authors(up, pair, loss):
+    """The same head outputs and ground truth through their ``retina_post_iou`` (ATSS with
+    IoU, EFL or EQFL, GIoU + L1, IoU-branch BCE; {efl,eqfl}_yolox_*.yaml) and our YOLOXIP
+    (QualityYOLOXIP for EQFL) losses, EFL state drawn and shared: cls_loss = loss_cls,
+    loc_loss = loss_box_reg + loss_box_l1, iou_loss = loss_iou."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    size, theirs, _ = pair
+    model = ours(size, loss=loss)
+    model.load_state_dict(yolox_state_dict(theirs.state_dict(), num_anchors=A)[0], strict=False)
+    g = torch.Generator().manual_seed(11)
+    post = ref.yolox_post_process(up, K, loss)
+    with torch.no_grad():
+        for name in ("pos_grad", "neg_grad"):
+            state = torch.rand(K, generator=g)
+            getattr(post.cls_loss, name).copy_(state)
+            getattr(model.cls_loss, name).copy_(state)
+        ratio = torch.rand(K, generator=g)
+        post.cls_loss.pos_neg.copy_(ratio)
+        model.cls_loss.pos_neg.copy_(ratio)
+    hw = DET_SIZES[0]
+    images = torch.stack([det_image(hw), det_image(hw).flip(-1)])
+    gts = [torch.tensor(rows, dtype=torch.float32) for rows in GT]
+    with torch.no_grad():
+        _, their_preds = ref.forward_yolox(theirs, images)
+        with ref.aligned():
+            post.train()
+            out = post({"strides": torch.tensor([8, 16, 32]), "preds": their_preds,
+                        "image_info": [[*hw, 1.0, *hw, False]] * 2,
+                        "gt_bboxes": [torch.cat([t[:, :4], t[:, 4:] + 1], 1) for t in gts]})
+        batch = []
+        for image, t in zip(images, gts):
+            inst = Instances(hw)
+            inst.gt_boxes, inst.gt_classes = Boxes(t[:, :4]), t[:, 4].long()
+            batch.append({"image": image, "instances": inst})
+        x = model.preprocess_image(batch)
+        feats = model.backbone(x.tensor)
+        feats = [feats[f] for f in model.head_in_features]
+        with EventStorage():
+            losses = model.forward_training(x, feats, model.head(feats),
+                                            [b["instances"] for b in batch])
+    prefix = "IOUPostProcess."
+    pairs = {"cls": (losses["loss_cls"], out[prefix + "cls_loss"]),
+             "loc (GIoU + L1)": (losses["loss_box_reg"] + losses["loss_box_l1"],
+                                 out[prefix + "loc_loss"]),
+             "iou": (losses["loss_iou"], out[prefix + "iou_loss"])}
+    diffs = {k: abs(a.item() - b.item()) / abs(b.item()) for k, (a, b) in pairs.items()}
+    print(f"\nYOLOX-IP-{size.upper()} {loss.upper()} losses: " + ", ".join(
+        f"{k} ours {a.item():.6f} theirs {b.item():.6f} (rel {diffs[k]:.1e})"
+        for k, (a, b) in pairs.items()))
+    for key, diff in diffs.items():
+        assert diff <= LOSS_TOLERANCE, (key, diffs)
