@@ -43,7 +43,7 @@ def test_trainer_trains_evaluates_and_writes_outputs(efl_run):
         info = json.load(f)
     assert info["meta_architecture"] == "EFLRetinaNet" and info["num_classes"] == TINY_CLASSES
     assert info["cls_loss"] == {"name": "EqualizedFocalLoss", "gamma_b": 2.0, "scale_factor": 8.0,
-                                "alpha": 0.25}
+                                "focusing": True, "weighting": True, "alpha": 0.25}
     assert os.path.exists(info["test_json"])
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics if "total_loss" in m] == [0, 1, 2, 3]
