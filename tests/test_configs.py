@@ -8,6 +8,7 @@ import pytest
 from detectron2.config import LazyConfig, instantiate
 from omegaconf import OmegaConf
 
+from efl import compat
 from efl.engine import prepare_run_datasets
 from helpers import ROOT
 
@@ -69,6 +70,10 @@ def test_config_layout_and_model_instantiates(path):
     assert {"train", "test", "evaluator"} <= set(cfg.dataloader)
     if "Synthetic" in path:  # generated once, as a run would (the model reads its groups)
         prepare_run_datasets(cfg)
+    name = os.path.basename(path)
+    if compat.LEGACY_D2 and "LVISv1" in path and (name.startswith("eql_") or name.endswith("_eql.py")):
+        pytest.skip("Detectron2 v0.6 has no LVIS v1 class_image_count (efl.compat item 6): EQL "
+                    "reads lvis_v1_train.json there, which these machines do not have")
     model = instantiate(cfg.model)
     assert model.max_detections_per_image == 300
     assert model.test_score_thresh <= 1e-3

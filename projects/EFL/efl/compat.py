@@ -20,6 +20,12 @@ Each item names the v0.6 defect and the upstream commit whose fix it mirrors:
 5. ``detectron2.export`` imports caffe2, which torch no longer ships, so the package does
    not import (main: caffe2 optional, d29378aa, 2021-11) -> :data:`TracingAdapter` is None
    and export (``efl.export``) is unavailable on v0.6.
+6. The LVIS v1 metadata has no ``class_image_count`` (main: added with the federated loss,
+   2409af0b, 2022-04) -> :func:`lvis_v1_class_image_count` is None on v0.6, and EQL reads
+   the counts from the annotation file instead (``efl.data.image_frequency``).
+7. ``DefaultTrainer.state_dict`` leaves out its inner trainer's state (the optimizer's), so
+   a resumed YAML run restarts momentum (main: ``_trainer`` saved and loaded, ac6774fe,
+   2021-11) -> :func:`with_inner_trainer_state`, :func:`load_inner_trainer_state`.
 
 Not code: v0.6 uses ``Image.LINEAR`` (removed in Pillow 10; main: ff53992b, 2023-07), so the
 set-up pins ``Pillow<10`` on the fallback path only. Workarounds for other libraries live
@@ -53,6 +59,9 @@ __all__ = [
     "launch",
     "restart_data_iterator",
     "TracingAdapter",
+    "lvis_v1_class_image_count",
+    "with_inner_trainer_state",
+    "load_inner_trainer_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,3 +182,26 @@ def _gloo_worker(local_rank, main_func, world_size, per_machine, machine_rank, d
             comm._LOCAL_PROCESS_GROUP = group
     comm.synchronize()
     main_func(*args)
+
+
+def lvis_v1_class_image_count(dataset_name: str):
+    """Detectron2's LVIS v1 ``class_image_count`` of ``dataset_name`` (a list of
+    ``{"id", "image_count"}``), or None where Detectron2 has none (v0.6, item 6)."""
+    from detectron2.data import MetadataCatalog
+
+    return MetadataCatalog.get(dataset_name).get("class_image_count", None)
+
+
+def with_inner_trainer_state(trainer, state: dict) -> dict:
+    """``state`` (a ``DefaultTrainer``'s ``state_dict()``) with its inner trainer's state
+    (optimizer) as ``_trainer``, as main saves it (item 7); unchanged on main."""
+    if LEGACY_D2 and "_trainer" not in state:
+        state["_trainer"] = trainer._trainer.state_dict()
+    return state
+
+
+def load_inner_trainer_state(trainer, state: dict) -> None:
+    """Load what :func:`with_inner_trainer_state` added (v0.6 only; main's
+    ``DefaultTrainer.load_state_dict`` does it itself)."""
+    if LEGACY_D2 and "_trainer" in state:
+        trainer._trainer.load_state_dict(state["_trainer"])

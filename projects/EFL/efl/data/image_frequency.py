@@ -13,6 +13,7 @@ from typing import List
 
 from detectron2.data import MetadataCatalog
 
+from ..compat import lvis_v1_class_image_count
 from ..errors import DatasetFormatError
 from .lvis import DatasetFilesMissing, _read_categories, _read_json
 
@@ -26,7 +27,8 @@ def class_image_frequency(dataset_name: str) -> List[float]:
     """(K,) fraction of the annotated training images of ``dataset_name`` that contain
     each class, in class order.
 
-    ``lvis_v1_*``: Detectron2's LVIS v1 ``class_image_count`` / 99388. Other LVIS-format
+    ``lvis_v1_*``: Detectron2's LVIS v1 ``class_image_count`` / 99388 (on Detectron2 v0.6,
+    which has none, the annotation file's, as for other datasets). Other LVIS-format
     datasets: the annotation file's categories' ``image_count`` (as LVIS and the embedded
     data write it) over the number of distinct ``image_id`` in its annotations.
 
@@ -35,8 +37,9 @@ def class_image_frequency(dataset_name: str) -> List[float]:
         DatasetFilesMissing: the annotation file does not exist (yet).
     """
     meta = MetadataCatalog.get(dataset_name)
-    if dataset_name.startswith("lvis_v1"):
-        counts = sorted(meta.get("class_image_count"), key=lambda c: c["id"])
+    counts = lvis_v1_class_image_count(dataset_name) if dataset_name.startswith("lvis_v1") else None
+    if counts is not None:  # else (Detectron2 v0.6): the annotation file's, as other datasets
+        counts = sorted(counts, key=lambda c: c["id"])
         return [c["image_count"] / LVIS_V1_TRAIN_ANNOTATED_IMAGES for c in counts]
     json_file = meta.get("json_file")
     if not json_file:

@@ -10,6 +10,7 @@ import os
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 
+from .. import compat
 from ..data.resumable import ResumableTrainLoader
 from ..errors import InputError
 from ..evaluation import FastLVISEvaluator
@@ -33,6 +34,13 @@ class YAMLTrainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
         register_run_guarantees(self, cfg.SOLVER.CHECKPOINT_PERIOD)
+
+    def state_dict(self):
+        return compat.with_inner_trainer_state(self, super().state_dict())
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        compat.load_inner_trainer_state(self, state_dict)
 
     def resume_or_load(self, resume: bool = True):
         """As ``DefaultTrainer``'s, continuing exactly (:func:`efl.engine.resume.resume_or_load`)."""
