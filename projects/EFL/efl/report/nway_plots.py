@@ -107,7 +107,7 @@ def plot_g_vs_instances(path: str, summary: dict, runs: Dict[str, List[Run]],
         ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         _plain_log_ticks(ax, counts)
-        ax.set_ylim(-0.03, 1.05)
+        ax.set_ylim(-0.03, _g_top(g.max()))
         ax.set_xlabel(f"training {key.replace('_', ' ')} (log)")
         ax.set_ylabel("final g = pos / neg gradient")
         of = f" of {len(runs[label])}" if len(stated) < len(runs[label]) else ""
@@ -120,6 +120,11 @@ def plot_g_vs_instances(path: str, summary: dict, runs: Dict[str, List[Run]],
     fig.tight_layout()
     _save(fig, path)
     return None
+
+
+def _g_top(g_max: float) -> float:
+    """The y-axis top for g: 1.05, or above the largest g (EQLv2's g can exceed 1)."""
+    return max(1.05, float(g_max) * 1.05) if math.isfinite(g_max) else 1.05
 
 
 def plot_g_over_iterations(path: str, summary: dict, runs: Dict[str, List[Run]]) -> Optional[str]:
@@ -141,7 +146,9 @@ def plot_g_over_iterations(path: str, summary: dict, runs: Dict[str, List[Run]])
                     ax.plot(its, vals, color=setting_color(k), linewidth=1.2,
                             linestyle=RUN_STYLES[j % len(RUN_STYLES)],
                             label=label if j == 0 else None)
-        ax.set_ylim(-0.03, 1.05)
+        ax.set_ylim(-0.03, _g_top(max((max(run.metrics[key][1], default=0.0)
+                                            for rs in runs.values() for run in rs
+                                            if key in run.metrics), default=0.0)))
         ax.set_xlabel("iteration")
         ax.set_ylabel("group mean of g")
         ax.set_title(f"{GROUP_NAMES.get(grp, 'all classes')}", fontsize=10)
