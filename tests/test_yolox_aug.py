@@ -249,3 +249,30 @@ def test_test_resize_sets_the_longer_side():
     np.testing.assert_allclose(t.apply_box(np.array([[0, 0, 100, 150.0]])), [[0, 0, 213.5, 320]],
                                atol=0.5)
     assert cv2.resize is not None
+
+
+@pytest.mark.parametrize("size", ["s", "m"])
+def test_lvis_data_piece_has_the_recipe(size):
+    import sys
+
+    from detectron2.config import instantiate
+
+    from helpers import ROOT
+
+    sys.path.insert(0, ROOT)
+    from configs.common.data.yolox_lvis import yolox_epoch_iterations, yolox_lvis_dataloader
+
+    d = yolox_lvis_dataloader(size)
+    train = d.train
+    assert train.total_batch_size == 128 and train.repeat_thresh == 0.001
+    assert train.repeat_rounding == "ceil" and train.aspect_ratio_grouping is False
+    assert train.dataset.names == "lvis_v1_train" and train.dataset.filter_empty is True
+    assert yolox_epoch_iterations() == 777 and train.mapper.no_aug_from_iter == 285 * 777
+    mapper = instantiate(train.mapper)
+    assert mapper.params == yolox_aug_params(size) and mapper.params.input_size == 640
+    assert (mapper.params.degrees, mapper.params.scale, mapper.params.shear) == (10.0, (0.1, 2.0), 2.0)
+    (resize,) = instantiate(d.test.mapper.augmentations)
+    assert isinstance(resize, LongestSideResize) and resize.max_size == 640
+    assert d.evaluator.max_dets_per_image == 300
+    with pytest.raises(InputError, match="'x'"):
+        yolox_lvis_dataloader("x")
