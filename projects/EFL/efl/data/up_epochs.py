@@ -22,7 +22,9 @@ from typing import Sequence
 import torch
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-__all__ = ["ceil_repeat_factors", "schedule_epoch_iterations", "repeated_pass_iterations", "no_aug_start"]
+__all__ = [
+    "ceil_repeat_factors", "schedule_epoch_iterations", "repeated_pass_iterations", "no_aug_start",
+]
 
 
 def ceil_repeat_factors(dataset_dicts: Sequence[dict], repeat_thresh: float) -> torch.Tensor:

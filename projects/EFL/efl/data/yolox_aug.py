@@ -188,7 +188,8 @@ def random_affine(sample: Sample, rng: np.random.Generator, params: YOLOXAugPara
     return image, new[keep], classes[keep]
 
 
-def mixup(sample: Sample, other: Sample, rng: np.random.Generator, params: YOLOXAugParams) -> Sample:
+def mixup(sample: Sample, other: Sample, rng: np.random.Generator,
+          params: YOLOXAugParams) -> Sample:
     """Blend 50/50 with ``other`` (their ``yolox_mixup_cv2``): ``other`` fitted into an
     input_size square, scaled by U(mixup_scale), zero-padded to at least this image's size,
     cropped at a random offset to it; its boxes kept if wider and taller than 5 px and >= 20%
@@ -246,7 +247,8 @@ def hflip(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, prob: 
         [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
-def random_square_resize(sample: Sample, rng: np.random.Generator, params: YOLOXAugParams) -> Sample:
+def random_square_resize(sample: Sample, rng: np.random.Generator,
+                         params: YOLOXAugParams) -> Sample:
     """Longer side to a random multiple of scale_step in random_size (both ends included:
     480..800 px at 640), the image at the top-left of a square of that side (their
     ``keep_ar_resize_max`` with ``padding_type: left_top``); boxes wider and taller than
@@ -332,7 +334,8 @@ class YOLOXTrainMapper:
 
     def strong_at(self, iteration: Optional[int]) -> bool:
         """Whether mosaic / affine / mixup run at ``iteration`` (None: unknown -> on)."""
-        return self.no_aug_from_iter is None or iteration is None or iteration < self.no_aug_from_iter
+        off = self.no_aug_from_iter
+        return off is None or iteration is None or iteration < off
 
     def load(self, record: dict) -> Sample:
         """The image (BGR uint8) and its non-crowd boxes (XYXY_ABS) and classes."""
