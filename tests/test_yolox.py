@@ -171,7 +171,8 @@ def test_yaml_config_builds_the_lazyconfig_modules():
 def test_synthetic_config_trains_and_evaluates(tiny_dataset, tmp_path, loss="efl"):
     """configs/Synthetic/yolox_ip_efl.py (its focal twin differs in the loss alone:
     tests/test_configs.py), shrunk (width 0.125, 12 classes, 160 px, batch 2) on the tiny
-    dataset: 4 iterations through the project's Trainer, then LVIS evaluation."""
+    dataset: 4 iterations through the project's Trainer (the recipe's augmentations, mosaic
+    / affine / mixup off from iteration 2), then LVIS evaluation."""
     from detectron2.config import LazyCall as L
     from fvcore.common.param_scheduler import MultiStepParamScheduler
 
@@ -185,8 +186,9 @@ def test_synthetic_config_trains_and_evaluates(tiny_dataset, tmp_path, loss="efl
         cfg.model.cls_loss.class_groups.dataset_name = f"{tiny_dataset}_train"
     cfg.dataloader.train.dataset.names = f"{tiny_dataset}_train"
     cfg.dataloader.test.dataset.names = f"{tiny_dataset}_val"
-    for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
-        mapper.augmentations[0].short_edge_length = mapper.augmentations[0].max_size = 160
+    cfg.dataloader.train.mapper.input_size = 160
+    cfg.dataloader.train.mapper.no_aug_from_iter = 2  # the recipe's chain, then without mosaic
+    cfg.dataloader.test.mapper.augmentations[0].max_size = 160
     cfg.dataloader.train.total_batch_size = 2
     cfg.dataloader.train.num_workers = cfg.dataloader.test.num_workers = 0
     cfg.train.update(epochs=None, max_iter=4, log_period=1, output_dir=str(tmp_path), seed=0)

@@ -33,7 +33,6 @@ from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.lvis import load_lvis_json
@@ -43,6 +42,7 @@ from detectron2.utils import comm
 
 from ..errors import DatasetFormatError, InputError
 from .resumable import ResumableTrainLoader
+from .up_epochs import ceil_repeat_factors
 
 __all__ = [
     "DatasetFilesMissing",
@@ -437,19 +437,21 @@ def build_train_loader(
             An image is repeated r = max(1, max over its classes of sqrt(t / f_c)) times
             per epoch, f_c being the fraction of training images that contain class c.
         repeat_rounding: "stochastic" (Detectron2: floor(r) plus one more with probability
-            frac(r), redrawn every epoch) or "ceil" (the EFL authors: ceil(r) every epoch).
+            frac(r), redrawn every epoch) or "ceil" (the EFL authors: ceil(r) every epoch;
+            their schedule's epoch length: :mod:`efl.data.up_epochs`).
         seed: of the data order and augmentations; None draws one shared by all processes
             (saved in the checkpoints, so a resumed run continues the same stream).
     """
     if repeat_rounding not in ("stochastic", "ceil"):
         raise ValueError(f"repeat_rounding must be 'stochastic' or 'ceil'; got {repeat_rounding!r}")
     if repeat_thresh:
-        factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-            dataset, repeat_thresh
-        )
         if repeat_rounding == "ceil":
             # Integer factors: the sampler's stochastic rounding then repeats exactly.
-            factors = torch.ceil(factors - 1e-6)
+            factors = ceil_repeat_factors(dataset, repeat_thresh)
+        else:
+            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, repeat_thresh
+            )
         logger.info(
             f"Repeat-factor sampling (t={repeat_thresh}, {repeat_rounding} rounding): "
             f"{len(dataset)} images -> {factors.sum().item():.0f} samples per epoch"

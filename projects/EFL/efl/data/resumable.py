@@ -16,6 +16,9 @@ augmentations draw from per-worker generators seeded afresh at every start. Here
 - Image k of global batch i is mapped with python/numpy/torch generators seeded by
   (seed, i, k); the process's own generators are left as they were. So the data depends
   neither on the number of workers nor on the world size nor on restarts.
+- A mapper with ``takes_iteration = True`` is called as ``mapper(record, iteration=i)``
+  (e.g. augmentations switched off from an iteration on: efl.data.yolox_aug); one with
+  ``bind_dataset`` receives the dataset dicts once (to draw other images: mosaic, mixup).
 - DataLoader workers produce whole batches: worker w of n makes iterations s + w, s + w + n,
   ...; the DataLoader hands them out in iteration order.
 """
@@ -96,6 +99,9 @@ class _IterationBatches(IterableDataset):
         self._shuffle = bool(sampler._shuffle)
         self._dataset = DatasetFromList(dataset, copy=False)
         self._mapper = mapper
+        if hasattr(mapper, "bind_dataset"):  # mappers that draw other images (mosaic, mixup)
+            mapper.bind_dataset(self._dataset)
+        self._with_iteration = bool(getattr(mapper, "takes_iteration", False))
         self._batch = int(total_batch_size)
         self._rank, self._world = comm.get_rank(), comm.get_world_size()
         self._groups = None
@@ -169,7 +175,8 @@ class _IterationBatches(IterableDataset):
             record = self._dataset[index]
             seed_sample_rngs(self.seed, iteration, slot, attempt)
             try:
-                out = self._mapper(record)
+                out = (self._mapper(record, iteration=iteration) if self._with_iteration
+                       else self._mapper(record))
             except (OSError, SizeMismatchError) as e:
                 return _LoaderError(_unreadable_message(record, e))
             if out is not None:
