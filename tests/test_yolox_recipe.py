@@ -345,3 +345,18 @@ def test_eval_only_evaluates_the_checkpoints_ema(tmp_path):
     on = LazyConfig.load(os.path.join(ROOT, "configs/common/yolox_recipe.py"))
     train_net.use_model_ema(on, model, checkpoint)
     assert_same(model.state_dict(), ema.module.state_dict())
+
+
+def test_synthetic_configs_build_the_recipes_optimizer_schedule_and_ema():
+    from efl.engine import RunPlan, Trainer
+
+    cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/yolox_ip_focal.py"))
+    assert ema_settings(cfg.train) == EMASettings(0.998, 200.0)
+    model = yolox_s(120)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert optimizer.defaults["nesterov"] and optimizer.defaults["lr"] == 0.02
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 5e-4, 0.0]
+    plan = RunPlan(None, 2000, list(range(0, 2001, 250)))  # its 8 epochs of 250 iterations
+    scheduler = Trainer.build_lr_scheduler(cfg, optimizer, plan)
+    curve = scheduler._multiplier
+    assert (curve.warmup, curve.flat, curve.total, curve.min_lr_scale) == (250, 1750, 2000, 0.05)
