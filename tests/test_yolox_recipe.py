@@ -21,6 +21,7 @@ from detectron2.engine import HookBase
 from detectron2.solver import LRMultiplier
 
 import up_reference as ref
+from efl.checkpoint import EFLCheckpointer
 from efl.engine.ema import EMASettings, build_model_ema, ema_model_state, ema_settings
 from efl.errors import ConfigError, InputError
 from efl.solver import YOLOXCosineSchedule, yolox_cosine_in_epochs, yolox_param_groups
@@ -341,10 +342,14 @@ def test_eval_only_evaluates_the_checkpoints_ema(tmp_path):
     perturb(model, 0)
     ema.update_parameters(model)
     perturb(model, 1)
-    checkpoint = {"ema": ema.state_dict()}
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict()}, path)
     on = LazyConfig.load(os.path.join(ROOT, "configs/common/yolox_recipe.py"))
-    train_net.use_model_ema(on, model, checkpoint)
-    assert_same(model.state_dict(), ema.module.state_dict())
+    evaluated = Tiny()
+    rest = EFLCheckpointer(evaluated, str(tmp_path)).resume_or_load(path, resume=False)
+    assert_same(evaluated.state_dict(), model.state_dict())
+    train_net.use_model_ema(on, evaluated, rest)  # as train_net.py --eval-only
+    assert_same(evaluated.state_dict(), ema.module.state_dict())
 
 
 def test_synthetic_configs_build_the_recipes_optimizer_schedule_and_ema():
