@@ -1,6 +1,6 @@
 """yolox_ip_focal.py with the classification loss replaced by Equalized Focal Loss
 (gamma_b 2, s 4 as the authors' efl_yolox_{small,medium}.yaml, alpha 0.25). The recipe's
-augmentations and EMA are not built (see yolox_ip_focal.py)."""
+augmentations are not built; its optimisation and EMA are (see yolox_ip_focal.py)."""
 
 from ..common.efl import use_efl
 from .yolox_ip_focal import dataloader, lr_multiplier, model, optimizer, train
