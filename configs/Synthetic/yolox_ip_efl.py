@@ -1,7 +1,6 @@
 """yolox_ip_focal.py with the classification loss replaced by Equalized Focal Loss
 (gamma_b 2, s 4 as the authors' efl_yolox_{small,medium}.yaml, alpha 0.25); the same
-augmentations (the recipe's, at 320 px). The recipe's EMA is not built (see
-yolox_ip_focal.py)."""
+augmentations, optimisation and model EMA (see yolox_ip_focal.py)."""
 
 from ..common.efl import use_efl
 from .yolox_ip_focal import dataloader, lr_multiplier, model, optimizer, train

@@ -1,4 +1,4 @@
-# Detectron2's LazyConfig `train` node (as in its configs/common/train.py), plus two keys.
+# Detectron2's LazyConfig `train` node (as in its configs/common/train.py), plus three keys.
 train = dict(
     output_dir="./output",
     init_checkpoint="",
@@ -19,4 +19,6 @@ train = dict(
     # clipping of the total gradient norm.
     epochs=None,
     clip_grad=dict(enabled=False, max_norm=35.0, norm_type=2.0),
+    # Model EMA (efl.engine.ema), used for evaluation when enabled: decay x (1 - exp(-t / tau)).
+    ema=dict(enabled=False, decay=0.9998, tau=2000),
 )

@@ -1,8 +1,9 @@
 """Training: the run plan, the LazyConfig ``Trainer``, the run guarantees both trainers
-register (and a ``DefaultTrainer`` subclass can), resume, config checks, and the
-``YAMLTrainer`` for Detectron2's YAML configs."""
+register (and a ``DefaultTrainer`` subclass can), resume, config checks, the model EMA,
+and the ``YAMLTrainer`` for Detectron2's YAML configs."""
 
 from .guarantees import GradScalerCommit, register_run_guarantees
+from .ema import EMASettings, ModelEMAUpdate, build_model_ema, ema_settings
 from .config_checks import apply_overrides, check_device, check_efl_hyperparameters, load_config
 from .hooks import EFLStateSyncCheck, EFLSummaryLogger, EvalHook, ResumeState
 from .preemption import Preempted, PreemptionCheckpointer, forward_to_workers, preemption_signals
@@ -28,6 +29,10 @@ __all__ = [
     "ResumeState",
     "EFLStateSyncCheck",
     "EvalHook",
+    "EMASettings",
+    "ModelEMAUpdate",
+    "build_model_ema",
+    "ema_settings",
     "Preempted",
     "PreemptionCheckpointer",
     "forward_to_workers",

@@ -4,7 +4,8 @@ Config layout (Detectron2's LazyConfig convention): ``model``, ``dataloader.trai
 ``dataloader.test``, ``dataloader.evaluator``, ``optimizer``, ``lr_multiplier`` and
 ``train`` (``output_dir``, ``init_checkpoint``, ``max_iter``, ``eval_period``,
 ``log_period``, ``checkpointer``, ``device``, ``seed``, ``amp``, ``ddp``, and this
-project's ``epochs`` / ``clip_grad``, see :mod:`efl.solver`).
+project's ``epochs`` / ``clip_grad``, see :mod:`efl.solver`, and ``ema``, see
+:mod:`efl.engine.ema`: with it, evaluation uses the EMA model and checkpoints hold it).
 
 Reliability: checkpoints are written atomically (:class:`efl.checkpoint.EFLCheckpointer`)
 and hold everything an exact resume needs (model with EFL state, optimizer, scheduler,
@@ -43,6 +44,7 @@ from ..records import RunRecord, cpu_model
 from ..rng import preserve_rng_state
 from ..solver import add_gradient_clipping
 from .config_checks import check_efl_hyperparameters, target_parameters
+from .ema import ModelEMAUpdate, build_model_ema, ema_settings
 from .guarantees import register_run_guarantees
 from .hooks import EFLSummaryLogger, EvalHook
 from .resume import resume_or_load
@@ -89,6 +91,7 @@ class Trainer(TrainerBase):
         super().__init__()
         plan = plan or plan_run(cfg)
         model = self.build_model(cfg)
+        self.ema = self.build_model_ema(cfg, model)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = plan.train_loader
 
@@ -109,7 +112,9 @@ class Trainer(TrainerBase):
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer, plan)
-        self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self))
+        extra = {"ema": self.ema} if self.ema is not None else {}
+        self.checkpointer = EFLCheckpointer(model, cfg.train.output_dir, trainer=weakref.proxy(self),
+                                            **extra)
         self.start_iter = 0
         self.max_iter = plan.max_iter
         self.plan = plan
@@ -117,6 +122,8 @@ class Trainer(TrainerBase):
         self._last_eval_results = None
         self.register_hooks(self.build_hooks())
         register_run_guarantees(self, cfg.train.checkpointer.period)
+        if self.ema is not None:
+            self._register_before_saving(ModelEMAUpdate(self.ema))
         if comm.is_main_process():
             self._write_run_info()
 
@@ -140,6 +147,16 @@ class Trainer(TrainerBase):
         _check_num_classes(model, dataset_names(cfg.dataloader.train))
         logger.info("Model:\n{}".format(model))
         return model
+
+    @classmethod
+    def build_model_ema(cls, cfg, model):
+        """With ``train.ema.enabled``: the EMA of ``model`` (:mod:`efl.engine.ema`); else None."""
+        settings = ema_settings(cfg.train)
+        if settings is None:
+            return None
+        logger.info(f"Model EMA: decay {settings.decay} x (1 - exp(-t / {settings.tau})) over "
+                    "every float state entry; evaluation uses it")
+        return build_model_ema(model, settings)
 
     @classmethod
     def build_grad_scaler(cls, cfg):
@@ -213,6 +230,18 @@ class Trainer(TrainerBase):
         set; what it does not initialise is logged) and start at iteration 0."""
         resume_or_load(self, self.cfg.train.init_checkpoint, resume, self.plan.resume,
                        self.plan.epoch_starts)
+        if self.ema is not None and self.start_iter > 0 and int(self.ema.n_averaged) == 0:
+            logger.warning("The checkpoint holds no model EMA: the EMA restarts from the "
+                           f"weights of iteration {self.start_iter - 1}.")
+
+    def _register_before_saving(self, hook) -> None:
+        """Register ``hook`` after the run guarantees' early hooks (the step's EFL commit)
+        and before the first ``PeriodicCheckpointer`` or ``EvalHook``."""
+        self.register_hooks([hook])
+        self._hooks.remove(hook)
+        at = next((i for i, h in enumerate(self._hooks)
+                   if isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))), len(self._hooks))
+        self._hooks.insert(at, hook)
 
     def train(self):
         super().train(self.start_iter, self.max_iter)
@@ -266,7 +295,8 @@ class Trainer(TrainerBase):
     # ----- outputs ---------------------------------------------------------------------
     def _test_and_save_results(self):
         with preserve_rng_state():  # evaluating must not change what training draws next
-            self._last_eval_results = self.test(self.cfg, self.model)
+            model = self.ema.module if self.ema is not None else self.model
+            self._last_eval_results = self.test(self.cfg, model)
         if comm.is_main_process():
             done = min(self.iter + 1, self.max_iter)  # self.iter is max_iter in after_train
             record = {"iteration": done, "results": self._last_eval_results}
