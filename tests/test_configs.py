@@ -34,6 +34,7 @@ TWINS = [
     ("Synthetic/improved_focal.py", "Synthetic/improved_eql.py"),
     ("Synthetic/improved_focal.py", "Synthetic/improved_eqlv2.py"),
     ("Synthetic/yolox_ip_focal.py", "Synthetic/yolox_ip_efl.py"),
+    ("LVISv1/focal_yolox_ip_s_300e.py", "LVISv1/efl_yolox_ip_s_300e.py"),
 ]
 # The baseline in the cls_loss slot of each EFL model (a stock RetinaNet / FCOS has none).
 BASELINE_LOSS = {"EqualizedFocalLoss": "SigmoidFocalLoss",
@@ -87,10 +88,13 @@ def test_config_layout_and_model_instantiates(path):
         assert cfg.dataloader.train.repeat_thresh == 0.001
         assert cfg.dataloader.train.dataset.names == "lvis_v1_train"
         assert cfg.dataloader.evaluator.max_dets_per_image == 300
-        assert cfg.train.init_checkpoint.startswith(
-            "https://download.pytorch.org/models/resnet" if "improved" in path
-            else "detectron2://ImageNetPretrained/MSRA/R-"
-        )
+        if "yolox" in path:  # their recipe: no pretraining
+            assert cfg.train.init_checkpoint == ""
+        else:
+            assert cfg.train.init_checkpoint.startswith(
+                "https://download.pytorch.org/models/resnet" if "improved" in path
+                else "detectron2://ImageNetPretrained/MSRA/R-"
+            )
         if "class_groups" in cfg.model.get("cls_loss", {}):
             assert model.cls_loss.group_names == ("r", "c", "f")
 
@@ -132,6 +136,41 @@ def test_focal_statistics_twin_differs_from_efl_in_the_loss_alone():
     assert loss_b._target_.__name__ == "SigmoidFocalLoss" and loss_b.record_statistics is True
     assert OmegaConf.to_yaml(loss_a.class_groups) == OmegaConf.to_yaml(loss_b.class_groups)
     assert loss_a.num_classes == loss_b.num_classes
+
+
+def test_yolox_ip_recipe_configs_differ_only_where_their_files_do():
+    """EQFL vs EFL: the model class and the loss; M vs S: depth, width (and the head's input
+    channels that follow) alone, the data recipe shared; every file: their 300 epochs of
+    777 iterations (16 x 8), the last 15 without mosaic / affine / mixup, EMA 0.9998 / 2000."""
+    efl_s, eqfl_s = load("LVISv1/efl_yolox_ip_s_300e.py"), load("LVISv1/eqfl_yolox_ip_s_300e.py")
+    efl_m, eqfl_m = load("LVISv1/efl_yolox_ip_m_300e.py"), load("LVISv1/eqfl_yolox_ip_m_300e.py")
+    for a, b in ((efl_s, eqfl_s), (efl_m, eqfl_m)):
+        for key in ("dataloader", "optimizer", "lr_multiplier"):
+            assert OmegaConf.to_yaml(a[key]) == OmegaConf.to_yaml(b[key]), key
+        ma, mb = dict(a.model), dict(b.model)
+        assert ma.pop("_target_").__name__ == "YOLOXIP" and mb.pop("_target_").__name__ == "QualityYOLOXIP"
+        assert ma.pop("cls_loss").scale_factor == mb.pop("cls_loss").scale_factor == 4.0
+        assert OmegaConf.to_yaml(OmegaConf.create(ma)) == OmegaConf.to_yaml(OmegaConf.create(mb))
+    for s, m in ((efl_s, efl_m), (eqfl_s, eqfl_m)):
+        for key in ("optimizer", "lr_multiplier"):
+            assert OmegaConf.to_yaml(s[key]) == OmegaConf.to_yaml(m[key]), key
+        assert OmegaConf.to_yaml(s.dataloader.test) == OmegaConf.to_yaml(m.dataloader.test)
+        assert s.dataloader.train.mapper.size == "s" and m.dataloader.train.mapper.size == "m"
+        s.dataloader.train.mapper.size = "m"
+        assert OmegaConf.to_yaml(s.dataloader.train) == OmegaConf.to_yaml(m.dataloader.train)
+        assert (s.model.backbone.depth, m.model.backbone.depth) == (0.33, 0.67)
+        assert (s.model.head.width, m.model.head.width) == (0.5, 0.75)
+        for key in ("backbone", "head"):
+            s.model.pop(key), m.model.pop(key)
+        assert OmegaConf.to_yaml(s.model) == OmegaConf.to_yaml(m.model)
+    for cfg in (efl_s, eqfl_s, efl_m, eqfl_m, load("LVISv1/focal_yolox_ip_s_300e.py")):
+        assert cfg.train.max_iter == 300 * 777 == cfg.lr_multiplier.epoch_starts[-1]
+        assert cfg.dataloader.train.mapper.no_aug_from_iter == 285 * 777
+        assert cfg.dataloader.train.total_batch_size == 128 and cfg.optimizer.lr == pytest.approx(0.04)
+        assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9
+        assert (cfg.lr_multiplier.warmup_epochs, cfg.lr_multiplier.flat_epochs) == (5, 15)
+        assert dict(cfg.train.ema) == {"enabled": True, "decay": 0.9998, "tau": 2000}
+        assert cfg.dataloader.train.repeat_rounding == "ceil"
 
 
 # The authors' recipe ("The authors' detector and recipe"), row by row.
