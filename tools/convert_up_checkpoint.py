@@ -67,8 +67,8 @@ def main(argv=None) -> int:
         config = args.config_file
         if config is None and looks_like_up_yolox(state):
             raise ConfigError(
-                f"{args.input} is a checkpoint of the authors' YOLOX-IP "
-                f"({describe_up_yolox(state)}): give --config-file the config of its size and "
+                f"{args.input} is a checkpoint of the authors' YOLOX-IP, "
+                f"{describe_up_yolox(state)}: give --config-file the config of its size and "
                 "loss (configs/LVISv1/{efl,eqfl}_yolox_ip_{s,m}_300e.py).")
         if config is None:
             layout = source_layout([k[len("backbone."):] for k in state if k.startswith("backbone.")])

@@ -89,7 +89,7 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str,
 
     if looks_like_up_yolox(state):
         raise CheckpointError(
-            f"{source} is a checkpoint of the authors' YOLOX-IP ({describe_up_yolox(state)}), "
+            f"{source} is a checkpoint of the authors' YOLOX-IP, {describe_up_yolox(state)}, "
             f"not of their improved detector (ResNet-FPN), which {config} builds "
             f"({type(model).__name__}). Give --config-file the YOLOX-IP config of its size and "
             "loss (configs/LVISv1/{efl,eqfl}_yolox_ip_{s,m}_300e.py).")

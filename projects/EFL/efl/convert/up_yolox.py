@@ -160,7 +160,7 @@ def convert_up_yolox(state: Dict[str, torch.Tensor], model: nn.Module, source: s
     out, notes = {}, [f"reordered the {sum(1 for k in state if YOLOX_CLASS_MAJOR.match(k))} "
                       "classification output tensors from their class-major channels (c x A + a) "
                       "to anchor-major (a x K + c)"]
-    efl = sorted(k for k in renamed if k.startswith("cls_loss."))
+    efl = [k for k in renamed if k.startswith("cls_loss.")]
     if efl and not any(k.startswith("cls_loss.") for k in target):
         notes.append(f"dropped post_process.cls_loss.{{{', '.join(k[9:] for k in efl)}}}: the "
                      "config's model has no EFL state (focal-loss config)")
