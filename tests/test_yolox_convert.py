@@ -164,6 +164,16 @@ def test_focal_config_drops_their_efl_state_and_says_so(small_file, tmp_path, ca
     load(config, converted)  # loads strictly
 
 
+def test_training_refuses_their_file_unconverted(small_file):
+    """train.init_checkpoint=<their YOLOX-IP file>: refused, saying to convert it first."""
+    from efl.convert import adapt_checkpoint
+    from efl.errors import CheckpointError
+
+    source, _ = small_file
+    with pytest.raises(CheckpointError, match="tools/convert_up_checkpoint.py"):
+        adapt_checkpoint(torch.load(source, weights_only=True), None, source)
+
+
 @pytest.mark.parametrize("case", ["other size", "improved detector's file", "unknown size",
                                   "class count", "no config", "improved config"])
 def test_convert_refuses_what_does_not_fit_in_one_paragraph(upx, small_file, tmp_path, capsys, case):

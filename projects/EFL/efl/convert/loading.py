@@ -80,8 +80,8 @@ def up_weights(checkpoint: object, source: str, copy: str = "ema") -> Tuple[Dict
             return state, [f"converted their EMA weights ('ema' -> 'ema_state_dict', {len(state)} "
                            "tensors); the file holds no trained copy"]
         return state, [f"the file holds two copies of the weights: converted their EMA "
-                       f"('ema' -> 'ema_state_dict', {len(state)} tensors), which their "
-                       f"evaluation uses; dropped the trained copy ('model', {len(trained)} "
+                       f"('ema' -> 'ema_state_dict', {len(state)} tensors; every float tensor averaged, "
+                       f"BN statistics and EFL state included), which their evaluation uses; dropped the trained copy ('model', {len(trained)} "
                        "tensors; --copy model converts that one)"]
     state = up_state_dict(checkpoint, source)
     return state, [f"the file holds two copies of the weights: converted the trained one "
