@@ -80,9 +80,10 @@ def up_weights(checkpoint: object, source: str, copy: str = "ema") -> Tuple[Dict
             return state, [f"converted their EMA weights ('ema' -> 'ema_state_dict', {len(state)} "
                            "tensors); the file holds no trained copy"]
         return state, [f"the file holds two copies of the weights: converted their EMA "
-                       f"('ema' -> 'ema_state_dict', {len(state)} tensors; every float tensor averaged, "
-                       f"BN statistics and EFL state included), which their evaluation uses; dropped the trained copy ('model', {len(trained)} "
-                       "tensors; --copy model converts that one)"]
+                       f"('ema' -> 'ema_state_dict', {len(state)} tensors; every float tensor "
+                       "averaged, BN statistics and EFL state included), which their evaluation "
+                       f"uses; dropped the trained copy ('model', {len(trained)} tensors; "
+                       "--copy model converts that one)"]
     state = up_state_dict(checkpoint, source)
     return state, [f"the file holds two copies of the weights: converted the trained one "
                    f"('model', {len(state)} tensors, --copy model); dropped their EMA ('ema' -> "
