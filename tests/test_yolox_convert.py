@@ -26,14 +26,16 @@ def upx(tmp_path_factory):
 
 def write_config(folder, size: str, loss: str, name: str = None) -> str:
     """A LazyConfig file in ``folder``: configs/common/models/yolox_ip.py's model, K classes,
-    ``size`` ("s", "m", or another to be refused), ``loss`` "focal", "efl" or "eqfl" (s 4)."""
-    path = os.path.join(str(folder), name or f"{loss}_yolox_ip_{size}.py")
+    ``size`` ("s", "m", another to be refused, or (depth, width)), ``loss`` "focal", "efl" or "eqfl" (s 4)."""
+    path = os.path.join(str(folder), name or f"{loss}_yolox_ip_{size[0]}.py")
     lines = ["import sys", f"sys.path.insert(0, {ROOT!r})",
              "from detectron2.config import LazyConfig",
              "from configs.common.efl import use_efl",
              "from configs.common.models.yolox_ip import set_yolox_size, use_eqfl_quality",
              f"model = LazyConfig.load({os.path.join(ROOT, 'configs/common/models/yolox_ip.py')!r}).model",
-             f"model.num_classes = {K}", f"set_yolox_size(model, {size!r})"]
+             f"model.num_classes = {K}",
+             f"set_yolox_size(model, depth={size[0]}, width={size[1]})" if isinstance(size, tuple)
+             else f"set_yolox_size(model, {size!r})"]
     if loss == "efl":
         lines.append('use_efl(model, train_dataset="none", gamma_b=2.0, scale_factor=4.0, alpha=0.25)')
     elif loss == "eqfl":
@@ -175,7 +177,8 @@ def test_training_refuses_their_file_unconverted(small_file):
         adapt_checkpoint(torch.load(source, weights_only=True), None, source)
 
 
-@pytest.mark.parametrize("case", ["other size", "improved detector's file", "unknown size",
+@pytest.mark.parametrize("case", ["other size", "improved detector's file",
+                                  "size of the config not S or M", "unknown size",
                                   "class count", "no config", "improved config"])
 def test_convert_refuses_what_does_not_fit_in_one_paragraph(upx, small_file, tmp_path, capsys, case):
     source, folder = small_file
@@ -187,6 +190,9 @@ def test_convert_refuses_what_does_not_fit_in_one_paragraph(upx, small_file, tmp
         source = str(tmp_path / "efl_improved_baseline_r50.pth")
         ref.save_checkpoint(ref.build_detector(upx.base, 50, K), source)
         expected = ["their improved detector", "not of their YOLOX-IP", "YOLOXIP"]
+    elif case == "size of the config not S or M":
+        config = write_config(tmp_path, (0.33, 0.25), "efl", name="tiny.py")
+        expected = ["it is YOLOX-IP-S", "a CSPDarknet of no YOLOX-IP size (stem 16 channels"]
     elif case == "unknown size":
         config = write_config(tmp_path, "l", "efl")
         expected = ["size 'l' is not a YOLOX-IP size", "'s', 'm'"]
