@@ -1,6 +1,7 @@
 """The EFL authors' own detector code (United-Perception 52aaeb9), imported at test time from
 the vendored archive (../shared/vendor), never copied here: their ResNet, FPN,
-RetinaHeadWithIOU, anchors, EFL state and post-processing, their YOLOX-IP network, built without the rest of their
+RetinaHeadWithIOU, anchors, EFL state and post-processing, their YOLOX-IP network and gradient
+collector hook, built without the rest of their
 framework (parent packages pre-registered as empty modules, their compiled NMS replaced by
 torchvision's with their +1 pixel convention)."""
 
@@ -217,6 +218,38 @@ def postprocess_yolox(up, preds, image_size, strides=(8, 16, 32)):
         h, w = image_size
         return predictor.predict(gen.get_anchors(shapes), activated,
                                  [[h, w, 1.0, h, w, False]])["dt_bboxes"]
+
+
+class _Runner:
+    """What their hooks keep of a runner (a weak reference; ``model``)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+def gradient_collector(det: nn.Module, levels: int = 3):
+    """Their ``gradient_collector`` hook (``up/utils/general/hook_helper.py``) on ``det`` as
+    efl_yolox_*.yaml configure it: full backward hooks on ``roi_head.cls_preds.{0,1,2}``
+    feeding ``post_process.cls_loss.collect_grad``. Their hook module's imports that this
+    needs not (pandas metrics, psutil) are empty stand-ins. Returns (hook, runner): keep both."""
+    root = os.path.dirname(sys.modules["up"].__path__[0])
+    for name in ("up.data", "up.data.metrics"):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [os.path.join(root, *name.split("."))]
+            sys.modules[name] = module
+    stand_ins = {"up.data.metrics.base_evaluator": {"Metric": object},
+                 "up.utils.env.analysis_utils": {"get_memory_info": None, "split_node": None}}
+    for name, attrs in stand_ins.items():
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__dict__.update(attrs)
+            sys.modules[name] = module
+    hooks = importlib.import_module("up.utils.general.hook_helper")
+    runner = _Runner(det)
+    hook = hooks.GradientCollector(runner, hook_module=[f"roi_head.cls_preds.{i}" for i in range(levels)],
+                                   collect_func_module="post_process.cls_loss")
+    return hook, runner
 
 
 def build_detector(up, depth: int, num_classes: int) -> nn.Module:

@@ -33,6 +33,11 @@ def set_yolox_size(model, size: str = None, depth: float = None, width: float = 
     """Give ``model`` (this file's) the multipliers of ``size`` ("s", "m") or the ``depth``
     and ``width`` given, in backbone, neck and head, in place."""
     if size is not None:
+        if size not in YOLOX_SIZES:
+            from efl.errors import ConfigError
+
+            raise ConfigError(f"set_yolox_size: size {size!r} is not a YOLOX-IP size; expected "
+                              f"one of {', '.join(map(repr, YOLOX_SIZES))} (or depth= and width=).")
         depth, width = YOLOX_SIZES[size]
     model.backbone.bottom_up.depth = depth
     model.backbone.bottom_up.width = width

@@ -48,10 +48,11 @@ def up_state_dict(checkpoint: object, source: str) -> Dict[str, torch.Tensor]:
                 break
     if not isinstance(state, dict) or not looks_like_up(state):
         raise CheckpointError(
-            f"{source} is not a checkpoint of the EFL authors' detector: expected a dict with "
-            "'model' or 'state_dict' (or a bare state dict) holding their names "
-            "(backbone.layer0.0.weight, neck.c5_lateral.weight, roi_head.cls_subnet_pred.weight, "
-            "optionally with 'module.'), as their efl_improved_baseline_r50.pth / _r101.pth."
+            f"{source} is not a checkpoint of the EFL authors' detectors: expected a dict with "
+            "'model' or 'state_dict' (or a bare state dict) holding their names, optionally with "
+            "'module.': backbone.layer0.0.weight, roi_head.cls_subnet_pred.weight as their "
+            "efl_improved_baseline_r50.pth / _r101.pth, or backbone.stem.conv_block.conv.weight, "
+            "roi_head.cls_preds.0.weight as their YOLOX-IP files (efl_yolox_small.pth, ...)."
         )
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
@@ -72,8 +73,10 @@ def _rename(names) -> Tuple[Dict[str, str], List[str], List[str]]:
     return mapping, dropped, unknown
 
 
-def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
-    """Their state dict (from :func:`up_state_dict`) as ``model``'s, checked strictly.
+def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str,
+               config: str = "the config"):
+    """Their state dict (from :func:`up_state_dict`) as ``model``'s (:class:`ATSSRetinaNet`
+    built from ``config``, named in errors), checked strictly.
 
     Returns:
         (state dict with exactly ``model``'s names and shapes, notes: list of lines saying
@@ -82,6 +85,14 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
         CheckpointError: one paragraph on another depth, class count, anchor count, a
         tensor neither used nor deliberately dropped, or a model tensor left unfilled.
     """
+    from .up_yolox import describe_up_yolox, looks_like_up_yolox
+
+    if looks_like_up_yolox(state):
+        raise CheckpointError(
+            f"{source} is a checkpoint of the authors' YOLOX-IP, {describe_up_yolox(state)}, "
+            f"not of their improved detector (ResNet-FPN), which {config} builds "
+            f"({type(model).__name__}). Give --config-file the YOLOX-IP config of its size and "
+            "loss (configs/LVISv1/{efl,eqfl}_yolox_ip_{s,m}_300e.py).")
     target = model.state_dict()
     resnet_prefix, resnet = find_resnet(model)
     backbone_map, dropped, unknown = _rename(state)
@@ -114,7 +125,7 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
                             f"{their_classes + 1}, with background), the config "
                             f"{model.num_classes} (model.num_classes)")
     if problems:
-        raise CheckpointError(f"{source} does not fit the config's model: {'; '.join(problems)}. "
+        raise CheckpointError(f"{source} does not fit the model of {config}: {'; '.join(problems)}. "
                               "Use the config of the same depth and class count "
                               "(configs/LVISv1/efl_improved_R_50_FPN_24ep.py or _R_101_).")
 
@@ -152,7 +163,7 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str):
         missing = []
     if unknown or missing:
         raise CheckpointError(
-            f"{source} does not convert exactly: "
+            f"{source} does not convert exactly onto the model of {config}: "
             + (f"tensors with no place in the model: {', '.join(unknown[:5])}"
                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "") if unknown else "")
             + ("; " if unknown and missing else "")
