@@ -35,7 +35,7 @@ from efl.data import prepare_datasets
 from efl.data.custom import setup_custom_dataset
 from efl.engine import (Trainer, dataset_names, forward_to_workers, load_config, plan_run,
                         quiet_input_error_tracebacks)
-from efl.engine.ema import ema_model_state, ema_settings
+from efl.engine.ema import use_checkpoint_ema
 from efl.errors import InputError
 
 logger = logging.getLogger("efl.train_net")
@@ -63,20 +63,6 @@ def report(error: InputError) -> None:
         print(f"ERROR: {message}", file=sys.stderr, flush=True)
 
 
-def use_model_ema(cfg, model, checkpoint) -> None:
-    """--eval-only with ``train.ema.enabled``: evaluate the EMA weights that the checkpoint
-    holds (``checkpoint``: what loading it left, e.g. ``ema``); said in the log either way."""
-    if ema_settings(cfg.train) is None:
-        return
-    state = ema_model_state(checkpoint or {})
-    if state is None:
-        logger.info("train.ema.enabled but the checkpoint holds no model EMA: evaluating "
-                    "its model weights")
-        return
-    model.load_state_dict(state, strict=True)
-    logger.info("Evaluating the checkpoint's model EMA (train.ema.enabled)")
-
-
 def main(args):
     try:
         cfg = setup_config(args)
@@ -90,7 +76,7 @@ def main(args):
             rest = EFLCheckpointer(model, cfg.train.output_dir).resume_or_load(
                 cfg.train.init_checkpoint, resume=args.resume
             )
-            use_model_ema(cfg, model, rest)
+            use_checkpoint_ema(cfg.train, model, rest)
             return Trainer.test(cfg, model)
         trainer = Trainer(cfg, plan_run(cfg, resume=args.resume))
         trainer.resume_or_load(resume=args.resume)

@@ -333,8 +333,9 @@ def test_ema_in_checkpoints_preemption_exact_resume_and_evaluation(tiny_dataset,
     assert_same(again["ema"], final["ema"], "ema")
 
 
-def test_eval_only_evaluates_the_checkpoints_ema(tmp_path):
-    import train_net
+def test_eval_only_and_deployment_use_the_checkpoints_ema(tmp_path):
+    from efl.engine.ema import use_checkpoint_ema
+    from efl.export import load_weights
 
     torch.manual_seed(0)
     model = Tiny()
@@ -348,8 +349,15 @@ def test_eval_only_evaluates_the_checkpoints_ema(tmp_path):
     evaluated = Tiny()
     rest = EFLCheckpointer(evaluated, str(tmp_path)).resume_or_load(path, resume=False)
     assert_same(evaluated.state_dict(), model.state_dict())
-    train_net.use_model_ema(on, evaluated, rest)  # as train_net.py --eval-only
+    assert use_checkpoint_ema(on.train, evaluated, rest)  # as train_net.py --eval-only
     assert_same(evaluated.state_dict(), ema.module.state_dict())
+    deployed = Tiny()  # as build_inference_model (predict, export)
+    assert use_checkpoint_ema(on.train, deployed, load_weights(deployed, path))
+    assert_same(deployed.state_dict(), ema.module.state_dict())
+    on.train.ema.enabled = False  # a run without EMA: the model weights
+    plain = Tiny()
+    assert not use_checkpoint_ema(on.train, plain, load_weights(plain, path))
+    assert_same(plain.state_dict(), model.state_dict())
 
 
 def test_synthetic_configs_build_the_recipes_optimizer_schedule_and_ema():

@@ -32,7 +32,7 @@ from detectron2.engine import HookBase
 from ..errors import ConfigError
 
 __all__ = ["EMASettings", "ema_settings", "exp_ema_multi_avg_fn", "build_model_ema",
-           "ModelEMAUpdate", "ema_model_state"]
+           "ModelEMAUpdate", "ema_model_state", "use_checkpoint_ema"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,3 +111,19 @@ def ema_model_state(checkpoint: dict) -> Optional[dict]:
     if not isinstance(state, dict):
         return None
     return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+
+
+def use_checkpoint_ema(train_cfg, model: torch.nn.Module, checkpoint: Optional[dict]) -> bool:
+    """Evaluation and deployment with ``train.ema.enabled``: load into ``model`` the EMA
+    weights that the checkpoint holds (``checkpoint``: what loading its model left, e.g.
+    ``ema``), said in the log either way. Returns whether the EMA was loaded."""
+    if ema_settings(train_cfg) is None:
+        return False
+    state = ema_model_state(checkpoint or {})
+    if state is None:
+        logger.info("train.ema.enabled but the checkpoint holds no model EMA: using its model "
+                    "weights (a converted file of the authors holds their EMA there)")
+        return False
+    model.load_state_dict(state, strict=True)
+    logger.info("Using the checkpoint's model EMA (train.ema.enabled)")
+    return True

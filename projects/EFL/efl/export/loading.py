@@ -51,8 +51,9 @@ class _Recording(EFLCheckpointer):
         return self.incompatible
 
 
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load ``path`` (a Detectron2 checkpoint, as ``train.init_checkpoint``) into ``model``.
+def load_weights(model: nn.Module, path: str) -> dict:
+    """Load ``path`` (a Detectron2 checkpoint, as ``train.init_checkpoint``) into ``model``;
+    returns what the checkpoint holds besides the model (e.g. ``ema``).
 
     Raises:
         CheckpointError: no path, a missing or unreadable file, or weights that do not fit
@@ -69,10 +70,10 @@ def load_weights(model: nn.Module, path: str) -> None:
             "model's checkpoint, e.g. output/demo/seed0/efl/model_final.pth."
         )
     checkpointer = _Recording(model)
-    checkpointer.resume_or_load(path, resume=False)
+    rest = checkpointer.resume_or_load(path, resume=False) or {}
     incompatible = checkpointer.incompatible
     if incompatible is None:  # nothing loaded (fvcore returns early for an empty path)
-        return
+        return rest
     loss_prefixes = tuple(f"{n}." for n, _ in statistics_losses(model))
     problems = fit_problems(incompatible, exempt=loss_prefixes, unexpected=False)
     if problems:
@@ -82,12 +83,15 @@ def load_weights(model: nn.Module, path: str) -> None:
             + ". Use the config the checkpoint was trained with (same model and "
             "model.num_classes), or a checkpoint trained with this one."
         )
+    return rest
 
 
 def build_inference_model(cfg) -> nn.Module:
     """``cfg``'s model (``Trainer.build_model``, on ``train.device``) in eval mode, weights
-    from ``train.init_checkpoint`` (see :func:`load_weights`)."""
+    from ``train.init_checkpoint`` (see :func:`load_weights`; its model EMA with
+    ``train.ema.enabled``, as evaluation)."""
     from ..engine import Trainer
+    from ..engine.ema import use_checkpoint_ema
 
     cfg = copy.deepcopy(cfg)
     if "class_groups" in (cfg.model.get("cls_loss") or {}):
@@ -95,5 +99,5 @@ def build_inference_model(cfg) -> nn.Module:
     if "image_frequency" in (cfg.model.get("cls_loss") or {}):  # EQL: training only, too
         cfg.model.cls_loss.image_frequency = [0.0] * int(cfg.model.num_classes)
     model = Trainer.build_model(cfg)
-    load_weights(model, cfg.train.init_checkpoint)
+    use_checkpoint_ema(cfg.train, model, load_weights(model, cfg.train.init_checkpoint))
     return model.eval()
