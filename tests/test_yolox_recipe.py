@@ -255,15 +255,17 @@ def test_recipe_config_figures():
 # ----- the EMA in training, checkpoints, resume and evaluation ----------------------------
 def tiny_yolox(tiny_dataset, out, max_iter=4):
     """configs/Synthetic/yolox_ip_efl.py shrunk as tests/test_yolox.py does (width 0.125,
-    12 classes, 160 px, batch 2), checkpoints every 2 iterations, an EMA that moves."""
+    12 classes, 160 px, batch 2; the augmentation chain switched off from iteration 3, after
+    the preemption below), checkpoints every 2 iterations, an EMA that moves."""
     cfg = LazyConfig.load(os.path.join(ROOT, "configs/Synthetic/yolox_ip_efl.py"))
     set_yolox_size(cfg.model, depth=0.33, width=0.125)
     cfg.model.num_classes = TINY_CLASSES
     cfg.model.cls_loss.class_groups.dataset_name = f"{tiny_dataset}_train"
     cfg.dataloader.train.dataset.names = f"{tiny_dataset}_train"
     cfg.dataloader.test.dataset.names = f"{tiny_dataset}_val"
-    for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
-        mapper.augmentations[0].short_edge_length = mapper.augmentations[0].max_size = 160
+    cfg.dataloader.train.mapper.input_size = 160  # the recipe's chain, at 160 px
+    cfg.dataloader.train.mapper.no_aug_from_iter = 3  # then without mosaic / affine / mixup
+    cfg.dataloader.test.mapper.augmentations[0].max_size = 160
     cfg.dataloader.train.total_batch_size = 2
     cfg.dataloader.train.num_workers = cfg.dataloader.test.num_workers = 0
     cfg.train.update(epochs=None, max_iter=max_iter, log_period=1, output_dir=str(out), seed=0)
