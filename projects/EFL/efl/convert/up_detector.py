@@ -155,9 +155,20 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str,
     if zero_bias:
         notes.append(f"filled {len(zero_bias)} head tower conv biases with 0 (their tower convs "
                      "have no bias)")
+    check_complete(source, config, target, out, unknown, notes,
+                   "(efl_improved_baseline_r50/r101 with "
+                   "configs/LVISv1/efl_improved_R_50/101_FPN_24ep.py)")
+    return out, notes
+
+
+def check_complete(source: str, config: str, target: Dict[str, torch.Tensor],
+                   out: Dict[str, torch.Tensor], unknown: List[str], notes: List[str],
+                   hint: str = "") -> None:
+    """A conversion is exact: every source tensor placed (``unknown`` lists the others) and
+    every model tensor filled, the EFL state excepted (a focal-loss source: said in
+    ``notes``); else one CheckpointError naming both sides and ``hint``."""
     missing = [k for k in target if k not in out]
-    efl_missing = [k for k in missing if k.startswith("cls_loss.")]
-    if efl_missing and len(efl_missing) == len(missing):
+    if missing and all(k.startswith("cls_loss.") for k in missing):
         notes.append("no EFL state in the source (a focal-loss checkpoint): EFL starts from "
                      "g = 1 for every class")
         missing = []
@@ -168,7 +179,5 @@ def convert_up(state: Dict[str, torch.Tensor], model: nn.Module, source: str,
                + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "") if unknown else "")
             + ("; " if unknown and missing else "")
             + (f"model tensors it does not fill: {', '.join(missing[:5])}" if missing else "")
-            + ". Check that the file and the config describe the same detector "
-            "(efl_improved_baseline_r50/r101 with configs/LVISv1/efl_improved_R_50/101_FPN_24ep.py)."
-        )
-    return out, notes
+            + ". Check that the file and the config describe the same detector"
+            + (f" {hint}." if hint else "."))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .up_detector import class_major_to_anchor_major, looks_like_up
+from .up_detector import check_complete, class_major_to_anchor_major, looks_like_up
 
 __all__ = ["YOLOX_PREFIXES", "YOLOX_PARTS", "YOLOX_CLASS_MAJOR", "yolox_name", "yolox_state_dict",
            "looks_like_up_yolox", "describe_up_yolox", "convert_up_yolox"]
@@ -176,17 +176,5 @@ def convert_up_yolox(state: Dict[str, torch.Tensor], model: nn.Module, source: s
             unknown.append(f"{name} {tuple(tensor.shape)} vs {tuple(target[name].shape)}")
         else:
             out[name] = tensor.detach().clone().to(target[name].dtype)
-    missing = [k for k in target if k not in out]
-    if missing and all(k.startswith("cls_loss.") for k in missing):
-        notes.append("no EFL state in the source (a focal-loss checkpoint): EFL starts from "
-                     "g = 1 for every class")
-        missing = []
-    if unknown or missing:
-        raise CheckpointError(
-            f"{source} does not convert exactly onto the model of {config}: "
-            + (f"tensors with no place in the model: {', '.join(unknown[:5])}"
-               + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "") if unknown else "")
-            + ("; " if unknown and missing else "")
-            + (f"model tensors it does not fill: {', '.join(missing[:5])}" if missing else "")
-            + ". Check that the file and the config describe the same detector.")
+    check_complete(source, config, target, out, unknown, notes)
     return out, notes
