@@ -14,7 +14,7 @@ import torch
 
 import up_reference as ref
 from helpers import ROOT
-from test_yolox_parity import A, DET_SIZES, K, det_image, max_rel, padded, perturb
+from yolox_weights import A, DET_SIZES, K, det_image, max_rel, padded, perturb
 
 TOLERANCE = {"cls": 2e-4, "box": 2e-4, "iou": 2e-4, "boxes (px)": 1e-3, "scores": 1e-5}
 
