@@ -15,7 +15,7 @@ from detectron2.data import MetadataCatalog
 
 from ..compat import lvis_v1_class_image_count
 from ..errors import DatasetFormatError
-from .lvis import DatasetFilesMissing, _read_categories, _read_json
+from .lvis_checks import DatasetFilesMissing, read_categories, read_json
 
 __all__ = ["LVIS_V1_TRAIN_ANNOTATED_IMAGES", "class_image_frequency"]
 
@@ -55,7 +55,7 @@ def class_image_frequency(dataset_name: str) -> List[float]:
             "frequency of its classes from it. A run creates generated datasets before it "
             f"builds the model; outside a run call efl.data.prepare_datasets(['{dataset_name}'])."
         )
-    categories = _read_categories(json_file)
+    categories = read_categories(json_file)
     missing = [c["id"] for c in categories if not isinstance(c.get("image_count"), int)
                or isinstance(c.get("image_count"), bool) or c["image_count"] < 0]
     if missing:
@@ -67,7 +67,7 @@ def class_image_frequency(dataset_name: str) -> List[float]:
             "with its threshold lambda. Add 'image_count' to every category, or train with "
             "another loss."
         )
-    annotations = _read_json(json_file).get("annotations") or []
+    annotations = read_json(json_file).get("annotations") or []
     num_images = len({a.get("image_id") for a in annotations})
     if num_images == 0:
         raise DatasetFormatError(
