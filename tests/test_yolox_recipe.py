@@ -375,3 +375,32 @@ def test_synthetic_configs_build_the_recipes_optimizer_schedule_and_ema():
     scheduler = Trainer.build_lr_scheduler(cfg, optimizer, plan)
     curve = scheduler._multiplier
     assert (curve.warmup, curve.flat, curve.total, curve.min_lr_scale) == (250, 1750, 2000, 0.05)
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_are_averaged_after_the_ema_update_before_saving(
+        tiny_dataset, tmp_path, monkeypatch):
+    """train.all_reduce_norm (their runtime.async_norm, on in the LVIS recipe): the hook sits
+    after the EMA update and before the checkpointer and evaluation, and averages the model
+    and the EMA at the evaluation iterations and the last."""
+    from detectron2.engine import hooks
+
+    from efl.engine import Trainer, plan_run
+    from efl.engine import norm_sync
+    from efl.engine.ema import ModelEMAUpdate
+
+    assert LazyConfig.load(os.path.join(ROOT, "configs/common/yolox_recipe.py")).train.all_reduce_norm
+    cfg = tiny_yolox(tiny_dataset, tmp_path, max_iter=7)
+    cfg.train.update(all_reduce_norm=True, eval_period=3)
+    trainer = Trainer(cfg, plan_run(cfg))
+    def at(kind):
+        return next(i for i, h in enumerate(trainer._hooks) if isinstance(h, kind))
+
+    assert (at(ModelEMAUpdate) < at(norm_sync.AllReduceNorm) < at(hooks.PeriodicCheckpointer)
+            < at(hooks.EvalHook))
+    seen = []
+    monkeypatch.setattr(norm_sync, "all_reduce_norm", lambda m: seen.append((trainer.iter, m)))
+    hook = trainer._hooks[at(norm_sync.AllReduceNorm)]
+    for trainer.iter in range(7):
+        hook.after_step()
+    assert seen == [(i, m) for i in (2, 5, 6) for m in (trainer.model, trainer.ema.module)]

@@ -11,6 +11,8 @@ configs/det/efl/{efl,eqfl}_yolox_{small,medium}.yaml, United-Perception 52aaeb9:
   efl.solver.yolox_cosine_in_epochs), epochs resolved from the training loader;
 - model EMA, decay 0.9998 x (1 - exp(-t / 2000)), over every float state entry (BN
   statistics and the EFL state included), used for evaluation (efl.engine.ema);
+- before evaluating, BatchNorm statistics of the model and the EMA averaged over the GPUs
+  (their ``runtime.async_norm: true``; efl.engine.norm_sync);
 - no gradient clipping (theirs has none for YOLOX-IP).
 
 Used as ``from ..common.yolox_recipe import lr_multiplier, optimizer, train``; the model
@@ -46,4 +48,5 @@ train.epochs = 300
 train.max_iter = None  # set from train.epochs at start-up
 train.clip_grad = dict(enabled=False, max_norm=35.0, norm_type=2.0)
 train.ema = dict(enabled=True, decay=0.9998, tau=2000)
+train.all_reduce_norm = True
 train.eval_period = 0  # evaluate once, at the end (with the EMA)

@@ -47,6 +47,7 @@ from .config_checks import check_efl_hyperparameters, target_parameters
 from .ema import ModelEMAUpdate, build_model_ema, ema_settings
 from .guarantees import register_run_guarantees
 from .hooks import EFLSummaryLogger, EvalHook
+from .norm_sync import AllReduceNorm
 from .resume import resume_or_load
 from .setup import RunPlan, dataset_names, plan_run
 
@@ -124,6 +125,8 @@ class Trainer(TrainerBase):
         register_run_guarantees(self, cfg.train.checkpointer.period)
         if self.ema is not None:
             self._register_before_saving(ModelEMAUpdate(self.ema))
+        if cfg.train.get("all_reduce_norm", False):  # after the EMA update, as theirs
+            self._register_before_saving(AllReduceNorm(cfg.train.eval_period, self.ema))
         if comm.is_main_process():
             self._write_run_info()
 
