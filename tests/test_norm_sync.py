@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from efl.engine.norm_sync import all_reduce_norm
+from runs import dataset_root, train_net
 
 
 def small_net(rank: int) -> torch.nn.Module:
@@ -71,3 +72,18 @@ def test_one_process_changes_nothing():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert all_reduce_norm(net) == 0
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.slow
+def test_train_net_with_two_processes_averages_at_each_evaluation(tiny_dataset, tmp_path):
+    """train_net.py --num-gpus 2 (gloo) with train.all_reduce_norm: the hook runs the real
+    collective inside DDP training, at the evaluation iterations (2) and the last (4)."""
+    code, output = train_net(
+        str(tmp_path / "out"), "train.max_iter=4", "train.eval_period=2",
+        "train.all_reduce_norm=True", "dataloader.train.total_batch_size=4",
+        "dataloader.train.num_workers=0", flags=["--num-gpus", "2"],
+        dataset_root=dataset_root(tiny_dataset))
+    assert code == 0, output[-3000:]
+    for it in (2, 4):
+        assert f"BatchNorm state averaged over 2 processes after iteration {it} (" in output
+    assert "after iteration 3 (" not in output

@@ -399,7 +399,7 @@ def test_batchnorm_statistics_are_averaged_after_the_ema_update_before_saving(
     assert (at(ModelEMAUpdate) < at(norm_sync.AllReduceNorm) < at(hooks.PeriodicCheckpointer)
             < at(hooks.EvalHook))
     seen = []
-    monkeypatch.setattr(norm_sync, "all_reduce_norm", lambda m: seen.append((trainer.iter, m)))
+    monkeypatch.setattr(norm_sync, "all_reduce_norm", lambda m: seen.append((trainer.iter, m)) or 0)
     hook = trainer._hooks[at(norm_sync.AllReduceNorm)]
     for trainer.iter in range(7):
         hook.after_step()

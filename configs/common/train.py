@@ -1,4 +1,4 @@
-# Detectron2's LazyConfig `train` node (as in its configs/common/train.py), plus three keys.
+# Detectron2's LazyConfig `train` node (as in its configs/common/train.py), plus four keys.
 train = dict(
     output_dir="./output",
     init_checkpoint="",
@@ -21,4 +21,7 @@ train = dict(
     clip_grad=dict(enabled=False, max_norm=35.0, norm_type=2.0),
     # Model EMA (efl.engine.ema), used for evaluation when enabled: decay x (1 - exp(-t / tau)).
     ema=dict(enabled=False, decay=0.9998, tau=2000),
+    # BatchNorm statistics of the model (and EMA) averaged over processes before each
+    # evaluation (efl.engine.norm_sync; the YOLOX-IP recipe's runtime.async_norm).
+    all_reduce_norm=False,
 )

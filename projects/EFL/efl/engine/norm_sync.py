@@ -11,6 +11,7 @@ iteration's checkpoint, so an exact resume continues from the averaged state, as
 (EMA step, all-reduce, evaluate, save). A single process: nothing to do.
 """
 
+import logging
 from typing import Iterable, Optional
 
 import torch
@@ -20,6 +21,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 __all__ = ["all_reduce_norm", "AllReduceNorm"]
+
+logger = logging.getLogger(__name__)
 
 _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
 
@@ -64,5 +67,7 @@ class AllReduceNorm(HookBase):
     def after_step(self):
         next_iter = self.trainer.iter + 1
         if next_iter >= self.trainer.max_iter or (self._period > 0 and next_iter % self._period == 0):
-            for module in self._modules():
-                all_reduce_norm(module)
+            count = sum(all_reduce_norm(module) for module in self._modules())
+            if count:
+                logger.info(f"BatchNorm state averaged over {comm.get_world_size()} processes "
+                            f"after iteration {next_iter} ({count} tensors)")
