@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from detectron2.engine import HookBase
 
 from ..errors import ConfigError
+from .hooks import unwrap_ddp
 
 __all__ = ["EMASettings", "ema_settings", "exp_ema_multi_avg_fn", "build_model_ema",
            "ModelEMAUpdate", "ema_model_state", "use_checkpoint_ema"]
@@ -99,10 +100,8 @@ class ModelEMAUpdate(HookBase):
         self.ema = ema
 
     def after_step(self):
-        model = self.trainer.model
-        model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         with torch.no_grad():
-            self.ema.update_parameters(model)
+            self.ema.update_parameters(unwrap_ddp(self.trainer.model))
 
 
 def ema_model_state(checkpoint: dict) -> Optional[dict]:

@@ -31,14 +31,10 @@ from detectron2.utils import comm
 from ..checkpoint import EFLCheckpointer
 from ..losses import statistics_losses
 from .activity import EFLActivityCheck
-from .hooks import EFLStateSyncCheck, ResumeState
+from .hooks import EFLStateSyncCheck, ResumeState, unwrap_ddp
 from .preemption import PreemptionCheckpointer
 
 __all__ = ["GradScalerCommit", "register_run_guarantees", "use_atomic_checkpointer"]
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)  # DistributedDataParallel
 
 
 class GradScalerCommit(HookBase):
@@ -58,7 +54,7 @@ class GradScalerCommit(HookBase):
         scaler = getattr(loop, "grad_scaler", None)
         if scaler is None:
             return
-        self.losses = [loss for _, loss in statistics_losses(_unwrap(self.trainer.model))]
+        self.losses = [loss for _, loss in statistics_losses(unwrap_ddp(self.trainer.model))]
         for loss in self.losses:
             loss.use_grad_scaler(scaler)
 

@@ -14,7 +14,7 @@ from ..losses import statistics_losses
 from ..records import EFL_STATS, SUMMARY_GROUPS, efl_summary_key
 from ..rng import get_rng_state, set_rng_state
 
-__all__ = ["EFLSummaryLogger", "ResumeState", "EFLStateSyncCheck", "EvalHook"]
+__all__ = ["EFLSummaryLogger", "ResumeState", "EFLStateSyncCheck", "EvalHook", "unwrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 _MODEL_FLOATS = ("loss_normalizer",)
 
 
-def _unwrap(model):
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``DistributedDataParallel``, or ``model`` itself."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
@@ -73,7 +74,7 @@ class ResumeState(HookBase):
         self._pending_rng = None
 
     def _local_state(self):
-        model = _unwrap(self.trainer.model)
+        model = unwrap_ddp(self.trainer.model)
         floats = {k: float(getattr(model, k)) for k in _MODEL_FLOATS if hasattr(model, k)}
         return {"rng": get_rng_state(), "model_floats": floats}
 
@@ -108,7 +109,7 @@ class ResumeState(HookBase):
                 "process 0, so the run is not an exact continuation."
             )
         state = ranks[rank] if len(ranks) == world else ranks[0]
-        model = _unwrap(self.trainer.model)
+        model = unwrap_ddp(self.trainer.model)
         for key, value in state["model_floats"].items():
             setattr(model, key, value)
         self._pending_rng = state["rng"]
@@ -133,7 +134,7 @@ class EFLStateSyncCheck(HookBase):
             self.check()
 
     def check(self) -> None:
-        model = _unwrap(self.trainer.model)
+        model = unwrap_ddp(self.trainer.model)
         mine = {
             f"{name}.{key}": value.detach().cpu()
             for name, module in statistics_losses(model)

@@ -20,6 +20,8 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from .hooks import unwrap_ddp
+
 __all__ = ["all_reduce_norm", "AllReduceNorm"]
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ class AllReduceNorm(HookBase):
         self._ema = ema
 
     def _modules(self) -> Iterable[torch.nn.Module]:
-        model = self.trainer.model
-        yield model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        yield unwrap_ddp(self.trainer.model)
         if self._ema is not None:
             yield self._ema.module
 

@@ -46,7 +46,7 @@ from ..solver import add_gradient_clipping
 from .config_checks import check_efl_hyperparameters, target_parameters
 from .ema import ModelEMAUpdate, build_model_ema, ema_settings
 from .guarantees import register_run_guarantees
-from .hooks import EFLSummaryLogger, EvalHook
+from .hooks import EFLSummaryLogger, EvalHook, unwrap_ddp
 from .norm_sync import AllReduceNorm
 from .resume import resume_or_load
 from .setup import RunPlan, dataset_names, plan_run
@@ -67,10 +67,6 @@ def quiet_input_error_tracebacks() -> None:
     train_loop_logger = logging.getLogger("detectron2.engine.train_loop")
     if not any(isinstance(f, _NoTracebackForInputErrors) for f in train_loop_logger.filters):
         train_loop_logger.addFilter(_NoTracebackForInputErrors())
-
-
-def _unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 class Trainer(TrainerBase):
@@ -310,7 +306,7 @@ class Trainer(TrainerBase):
         """``run_info.json``: what the report tools need to read this folder."""
         test_name = dataset_names(self.cfg.dataloader.test)[0]
         meta = MetadataCatalog.get(test_name)
-        model = _unwrap(self.model)
+        model = unwrap_ddp(self.model)
         cls_loss = getattr(model, "cls_loss", None)  # a stock RetinaNet/FCOS has none
         RunRecord(
             meta_architecture=type(model).__name__,
