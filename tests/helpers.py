@@ -2,6 +2,7 @@
 (the ``tiny_dataset`` fixture in conftest.py registers it)."""
 
 import os
+import socket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CLASSES = 12
@@ -79,3 +80,10 @@ def tiny_yaml_opts(prefix: str, output_dir: str, max_iter: int = 4):
         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
         "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", output_dir,
     ]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

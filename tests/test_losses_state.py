@@ -2,7 +2,6 @@
 Detectron2's DetectionCheckpointer."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 from detectron2.checkpoint import DetectionCheckpointer
 
 from efl import EqualizedFocalLoss
+from helpers import free_port
 
 K = 9
 STEPS = 3
@@ -26,12 +26,6 @@ def rank_batch(rank, step):
     fg = torch.rand(m, generator=gen) < 0.3
     targets[fg, labels[fg]] = 1
     return logits, targets
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world_size, port, out_dir):
@@ -52,7 +46,7 @@ def _worker(rank, world_size, port, out_dir):
 @pytest.mark.slow
 def test_statistics_are_all_reduced_across_workers(tmp_path):
     world_size = 2
-    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size)
+    mp.spawn(_worker, args=(world_size, free_port(), str(tmp_path)), nprocs=world_size)
     states = [torch.load(tmp_path / f"rank{r}.pth") for r in range(world_size)]
     for name in ("pos_grad", "neg_grad", "pos_neg"):
         assert torch.equal(states[0][name], states[1][name]), name

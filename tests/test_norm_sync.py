@@ -3,7 +3,6 @@ the YOLOX-IP recipe's ``runtime.async_norm``), with real torch.distributed (gloo
 processes)."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from efl.engine.norm_sync import all_reduce_norm
+from helpers import free_port
 from runs import dataset_root, train_net
 
 
@@ -30,12 +30,6 @@ def small_net(rank: int) -> torch.nn.Module:
     return net
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, world_size, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
@@ -49,7 +43,7 @@ def _worker(rank, world_size, port, out_dir):
 
 @pytest.mark.slow
 def test_batchnorm_state_is_the_mean_over_processes_and_nothing_else_changes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     saved = [torch.load(tmp_path / f"{r}.pth", weights_only=True) for r in range(2)]
     before = [small_net(r).state_dict() for r in range(2)]
     assert saved[0]["count"] == 10  # 2 norms x (weight, bias, mean, var, count)
